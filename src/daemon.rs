@@ -1,0 +1,188 @@
+//! `sftp-mirror serve`: wires journal, mirror, remote, the webhook listener and
+//! the workers together, and runs them until the shutdown token fires.
+
+use crate::config::Settings;
+use crate::journal::{now_ms, Journal, JournalError};
+use crate::mirror::{Mirror, MirrorError};
+use crate::remote::{Remote, RemoteError};
+use crate::sync::{dispatch, Filter, PathLocks, Syncer};
+use crate::webhook::{self, Intake, Verifier};
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+/// How often finished journal rows older than `journal.keep_done` are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(3600);
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The journal could not be opened.
+    #[error("journal {path}: {source}")]
+    Journal {
+        /// The database file.
+        path: String,
+        /// The cause.
+        source: JournalError,
+    },
+    /// The mirror folder could not be prepared.
+    #[error(transparent)]
+    Mirror(#[from] MirrorError),
+    /// The webhook listener could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The SFTP server refused us (host key, credentials): retrying cannot help.
+    #[error(transparent)]
+    Access(RemoteError),
+    /// Bad include/exclude patterns.
+    #[error("mirror.include/exclude: {0}")]
+    Filter(#[from] globset::Error),
+}
+
+/// The shared parts of a running daemon, for tests and the admin endpoint.
+pub struct Running {
+    /// The bound webhook address.
+    pub webhook_addr: SocketAddr,
+    /// Intake state.
+    pub intake: Arc<Intake>,
+    /// Sync state.
+    pub syncer: Arc<Syncer>,
+    /// The journal.
+    pub journal: Journal,
+}
+
+/// Builds the [`Syncer`] for `settings` (shared by `serve` and `reconcile`).
+///
+/// # Errors
+/// When the mirror cannot be opened or the filters do not compile.
+pub fn syncer(settings: &Settings) -> Result<Syncer, ServeError> {
+    Ok(Syncer {
+        remote: Remote::new(settings.sftp.clone()),
+        mirror: Arc::new(Mirror::open(&settings.mirror.path)?),
+        filter: Filter::new(&settings.mirror.include, &settings.mirror.exclude)?,
+        delete: settings.mirror.delete,
+        transfers: Arc::new(tokio::sync::Semaphore::new(
+            settings.mirror.concurrency.max(1),
+        )),
+        locks: PathLocks::default(),
+        stats: Default::default(),
+    })
+}
+
+/// Starts the daemon's tasks; returns once the listener is bound and the
+/// journal open (the moment to tell systemd READY). The tasks run until `shutdown`.
+///
+/// # Errors
+/// [`ServeError`] when something needed cannot be set up.
+pub async fn start(
+    settings: &Settings,
+    shutdown: CancellationToken,
+) -> Result<(Running, tokio::task::JoinHandle<()>), ServeError> {
+    let journal_path = settings.journal.path.display().to_string();
+    let journal = Journal::open(&settings.journal.path).map_err(|source| ServeError::Journal {
+        path: journal_path.clone(),
+        source,
+    })?;
+    let syncer = Arc::new(syncer(settings)?);
+
+    // A refused host key or login will not heal by itself: stop now with a clear
+    // error. An unreachable server may: accept and journal events meanwhile.
+    match syncer.remote.conn().await {
+        Ok(_) => tracing::info!(host = %settings.sftp.host, "connected to the SFTP server"),
+        Err(e) if e.is_access_error() => return Err(ServeError::Access(e)),
+        Err(e) => {
+            tracing::warn!("SFTP server not reachable yet (events are journaled meanwhile): {e}")
+        }
+    }
+
+    let wake = Arc::new(Notify::new());
+    let wh = &settings.webhook;
+    let verifier = Verifier::new(wh.secrets.clone(), wh.authorization.as_ref());
+    if !verifier.is_enforcing() {
+        tracing::warn!(
+            "webhook.allow_unsigned = true: requests are accepted without any verification"
+        );
+    }
+    let intake = Arc::new(Intake {
+        verifier: RwLock::new(Arc::new(verifier)),
+        journal: journal.clone(),
+        wake: wake.clone(),
+        path: wh.path.clone(),
+        max_body: wh.max_body,
+        filter: syncer.filter.clone(),
+        stats: Default::default(),
+    });
+    let listener = tokio::net::TcpListener::bind(wh.listen)
+        .await
+        .map_err(|source| ServeError::Bind {
+            addr: wh.listen,
+            source,
+        })?;
+    let webhook_addr = listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: wh.listen,
+        source,
+    })?;
+    tracing::info!("webhook listening on http://{webhook_addr}{}", wh.path);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    let stop = shutdown.clone();
+    let server = warp::serve(webhook::routes(intake.clone()))
+        .incoming(listener)
+        .graceful(async move {
+            stop.cancelled().await;
+        });
+    tasks.spawn(server.run());
+    tasks.spawn(dispatch::run(
+        journal.clone(),
+        syncer.clone(),
+        wake,
+        settings.mirror.concurrency.max(1),
+        shutdown.clone(),
+    ));
+    let (j, keep, stop) = (
+        journal.clone(),
+        settings.journal.keep_done,
+        shutdown.clone(),
+    );
+    tasks.spawn(async move {
+        loop {
+            match j.prune(now_ms() - keep.as_millis() as i64).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(rows = n, "pruned old journal rows"),
+                Err(e) => tracing::warn!("journal prune failed: {e}"),
+            }
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tokio::time::sleep(PRUNE_EVERY) => {}
+            }
+        }
+    });
+    let handle = tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
+    Ok((
+        Running {
+            webhook_addr,
+            intake,
+            syncer,
+            journal,
+        },
+        handle,
+    ))
+}
+
+/// Runs the daemon until `shutdown`, then drains.
+///
+/// # Errors
+/// As [`start`].
+pub async fn serve(settings: &Settings, shutdown: CancellationToken) -> Result<(), ServeError> {
+    let (_running, handle) = start(settings, shutdown).await?;
+    let _ = handle.await;
+    tracing::info!("stopped");
+    Ok(())
+}

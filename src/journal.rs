@@ -1,0 +1,654 @@
+//! The durable event journal (SPEC §6): an SQLite database in WAL mode that
+//! records every accepted event before its `204`, and drives the workers.
+//!
+//! SQLite lives on one dedicated thread; callers hold a cheap [`Journal`] handle
+//! and send it closures. The thread drains every request waiting at that moment
+//! and runs them in **one** transaction with one fsync (group commit), then
+//! answers each caller only after the commit is durable. Each request runs in its
+//! own savepoint, so one failing request never leaves half its writes behind.
+//!
+//! Row life cycle: `pending` → (claimed) `running` → `done`, or back to `pending`
+//! with a backoff after a failed apply, or `failed` after [`MAX_ATTEMPTS`].
+//! Non-file topics are stored as `ignored`. `running` rows found on open were
+//! interrupted by a crash and become `pending` again.
+
+use rusqlite::{params, Connection, OptionalExtension};
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::oneshot;
+
+/// Applies tried before a row is marked `failed` (the periodic reconcile and
+/// `retry` still cover it). With the backoff below this spans about 1.5 hours.
+pub const MAX_ATTEMPTS: u32 = 20;
+/// First retry delay; doubles per attempt.
+pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
+/// Longest retry delay.
+pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
+/// Requests committed together at most; bounds the latency of one batch.
+const MAX_BATCH: usize = 512;
+
+/// A journal failure. Intake answers `503` on any of these.
+#[derive(Debug, thiserror::Error)]
+pub enum JournalError {
+    /// SQLite refused (disk full, I/O error, corruption …).
+    #[error("journal database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The journal file or its folder could not be created.
+    #[error("cannot create journal folder {path}: {source}")]
+    Io {
+        /// The folder.
+        path: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The group transaction could not be committed.
+    #[error("journal commit failed: {0}")]
+    Commit(String),
+    /// The journal thread has stopped.
+    #[error("journal is closed")]
+    Closed,
+}
+
+/// Where a row is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting to be applied (possibly after a backoff).
+    Pending,
+    /// Being applied now.
+    Running,
+    /// Applied.
+    Done,
+    /// Gave up after [`MAX_ATTEMPTS`]; `retry` or a redelivery queues it again.
+    Failed,
+    /// Recorded only (ping, other topics, filtered paths).
+    Ignored,
+}
+
+impl Status {
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Pending => "pending",
+            Status::Running => "running",
+            Status::Done => "done",
+            Status::Failed => "failed",
+            Status::Ignored => "ignored",
+        }
+    }
+
+    /// Parses a stored or user-given name.
+    pub fn parse(s: &str) -> Option<Status> {
+        Some(match s {
+            "pending" => Status::Pending,
+            "running" => Status::Running,
+            "done" => Status::Done,
+            "failed" => Status::Failed,
+            "ignored" => Status::Ignored,
+            _ => return None,
+        })
+    }
+}
+
+/// An event to record.
+#[derive(Debug, Clone)]
+pub struct NewEvent {
+    /// The event `Id` (dedup key).
+    pub event_id: String,
+    /// The topic's wire name.
+    pub topic: String,
+    /// The decoded path in wire form (trailing `/` for directories), for file events.
+    pub path: Option<String>,
+    /// Whether the workers must act on it (`false` → stored as `ignored`).
+    pub actionable: bool,
+    /// The raw body as received (for `events` and audits).
+    pub body: Vec<u8>,
+}
+
+/// What [`Journal::record`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// New row, queued for the workers.
+    Queued,
+    /// New row, stored as `ignored`.
+    Ignored,
+    /// The id was known and not failed: nothing changed.
+    Duplicate,
+    /// The id was known as `failed`: queued again.
+    Requeued,
+}
+
+/// A claimed row the workers must apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Row number: the order of receipt.
+    pub seq: i64,
+    /// The event `Id`.
+    pub event_id: String,
+    /// The path in wire form.
+    pub path: String,
+    /// Applies tried so far.
+    pub attempts: u32,
+}
+
+/// One row as `events` shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct EventRow {
+    /// Row number.
+    pub seq: i64,
+    /// The event `Id`.
+    pub id: String,
+    /// Topic.
+    pub topic: String,
+    /// Path in wire form, if any.
+    pub path: Option<String>,
+    /// When it was received, epoch milliseconds.
+    pub received_ms: i64,
+    /// Status.
+    pub status: Status,
+    /// Applies tried.
+    pub attempts: u32,
+    /// Last apply error, if any.
+    pub last_error: Option<String>,
+    /// Epoch milliseconds of the next try, for pending rows.
+    pub next_attempt_ms: Option<i64>,
+}
+
+type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
+/// A request runs on the journal thread and says whether it succeeded, plus how to answer after commit.
+type Request = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+
+/// Handle to the journal thread. Cloning is cheap; the thread stops when the
+/// last handle is dropped.
+#[derive(Clone)]
+pub struct Journal {
+    tx: mpsc::Sender<Request>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS events (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id    TEXT    NOT NULL UNIQUE,
+    topic       TEXT    NOT NULL,
+    path        TEXT,
+    received_ms INTEGER NOT NULL,
+    status      TEXT    NOT NULL,
+    attempts    INTEGER NOT NULL DEFAULT 0,
+    next_at_ms  INTEGER NOT NULL DEFAULT 0,
+    last_error  TEXT,
+    updated_ms  INTEGER NOT NULL,
+    body        BLOB    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS events_due ON events(status, next_at_ms, seq);
+";
+
+/// Milliseconds since the epoch, now.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The delay before retry number `attempts` (1-based): exponential, capped,
+/// with "equal jitter" so a burst of failures does not retry in lockstep.
+pub fn backoff(attempts: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << attempts.saturating_sub(1).min(16));
+    let d = exp.min(BACKOFF_MAX);
+    d / 2 + d.mul_f64(fastrand::f64() / 2.0)
+}
+
+impl Journal {
+    /// Opens (creating if needed) the journal at `path`, resumes interrupted rows
+    /// and starts the journal thread.
+    ///
+    /// # Errors
+    /// When the folder cannot be created or SQLite cannot open or migrate the file.
+    pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        }
+        let conn = Connection::open(path)?;
+        // WAL + FULL: every commit is fsynced before we answer 204; readers never block the writer.
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.busy_timeout(Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        conn.execute(
+            "UPDATE events SET status = 'pending', updated_ms = ?1 WHERE status = 'running'",
+            params![now_ms()],
+        )?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || run(conn, rx))
+            .map_err(|source| JournalError::Io {
+                path: "journal thread".into(),
+                source,
+            })?;
+        Ok(Journal { tx })
+    }
+
+    /// Runs `f` inside the next group transaction and returns its result once
+    /// the transaction is durable.
+    async fn call<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel::<Result<T, JournalError>>();
+        let req: Request = Box::new(move |conn| {
+            let r = f(conn);
+            let ok = r.is_ok();
+            let reply: Reply = Box::new(move |commit: Result<(), String>| {
+                let out = match (commit, r) {
+                    (Ok(()), r) => r.map_err(JournalError::from),
+                    (Err(e), _) => Err(JournalError::Commit(e)),
+                };
+                let _ = tx.send(out);
+            });
+            (ok, reply)
+        });
+        self.tx.send(req).map_err(|_| JournalError::Closed)?;
+        rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// Records an accepted event (dedup by id). Returns once it is durable.
+    ///
+    /// # Errors
+    /// [`JournalError`] when it could not be committed (answer `503`).
+    pub async fn record(&self, ev: NewEvent) -> Result<Recorded, JournalError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let known: Option<String> = c
+                .query_row("SELECT status FROM events WHERE event_id = ?1", params![ev.event_id], |r| r.get(0))
+                .optional()?;
+            match known.as_deref() {
+                Some("failed") => {
+                    c.execute(
+                        "UPDATE events SET status = 'pending', attempts = 0, next_at_ms = 0, updated_ms = ?2
+                         WHERE event_id = ?1",
+                        params![ev.event_id, now],
+                    )?;
+                    Ok(Recorded::Requeued)
+                }
+                Some(_) => Ok(Recorded::Duplicate),
+                None => {
+                    let status = if ev.actionable { Status::Pending } else { Status::Ignored };
+                    c.execute(
+                        "INSERT INTO events (event_id, topic, path, received_ms, status, updated_ms, body)
+                         VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6)",
+                        params![ev.event_id, ev.topic, ev.path, now, status.as_str(), ev.body],
+                    )?;
+                    Ok(if ev.actionable { Recorded::Queued } else { Recorded::Ignored })
+                }
+            }
+        })
+        .await
+    }
+
+    /// Marks up to `limit` due `pending` rows `running`, oldest first, and returns them.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn claim(&self, limit: usize) -> Result<Vec<Job>, JournalError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let jobs = {
+                let mut st = c.prepare_cached(
+                    "SELECT seq, event_id, path, attempts FROM events
+                     WHERE status = 'pending' AND next_at_ms <= ?1 ORDER BY seq LIMIT ?2",
+                )?;
+                let rows = st.query_map(params![now, limit as i64], |r| {
+                    Ok(Job {
+                        seq: r.get(0)?,
+                        event_id: r.get(1)?,
+                        path: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
+                        attempts: r.get(3)?,
+                    })
+                })?;
+                rows.collect::<rusqlite::Result<Vec<_>>>()?
+            };
+            let mut up = c.prepare_cached(
+                "UPDATE events SET status = 'running', updated_ms = ?2 WHERE seq = ?1",
+            )?;
+            for j in &jobs {
+                up.execute(params![j.seq, now])?;
+            }
+            Ok(jobs)
+        })
+        .await
+    }
+
+    /// Marks rows `done`.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn complete(&self, seqs: Vec<i64>) -> Result<(), JournalError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let mut st = c.prepare_cached(
+                "UPDATE events SET status = 'done', attempts = attempts + 1, last_error = NULL, updated_ms = ?2
+                 WHERE seq = ?1",
+            )?;
+            for s in seqs {
+                st.execute(params![s, now])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records a failed apply: back to `pending` after a backoff, or `failed`
+    /// once [`MAX_ATTEMPTS`] is reached.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn fail(&self, seqs: Vec<i64>, error: String) -> Result<(), JournalError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let mut get = c.prepare_cached("SELECT attempts FROM events WHERE seq = ?1")?;
+            let mut st = c.prepare_cached(
+                "UPDATE events SET status = ?2, attempts = ?3, next_at_ms = ?4, last_error = ?5, updated_ms = ?6
+                 WHERE seq = ?1",
+            )?;
+            for s in seqs {
+                let attempts: u32 = get.query_row(params![s], |r| r.get::<_, u32>(0))? + 1;
+                let status = if attempts >= MAX_ATTEMPTS { Status::Failed } else { Status::Pending };
+                let next = now + backoff(attempts).as_millis() as i64;
+                st.execute(params![s, status.as_str(), attempts, next, error, now])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Puts claimed rows back to `pending` without counting an attempt (shutdown).
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn release(&self, seqs: Vec<i64>) -> Result<(), JournalError> {
+        self.call(move |c| {
+            let mut st = c.prepare_cached(
+                "UPDATE events SET status = 'pending' WHERE seq = ?1 AND status = 'running'",
+            )?;
+            for s in seqs {
+                st.execute(params![s])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// The epoch milliseconds at which the next `pending` row becomes due.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn next_due_ms(&self) -> Result<Option<i64>, JournalError> {
+        self.call(|c| {
+            c.query_row(
+                "SELECT MIN(next_at_ms) FROM events WHERE status = 'pending'",
+                [],
+                |r| r.get(0),
+            )
+        })
+        .await
+    }
+
+    /// Rows, newest first, optionally of one status.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn list(
+        &self,
+        status: Option<Status>,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, JournalError> {
+        self.call(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, event_id, topic, path, received_ms, status, attempts, last_error, next_at_ms
+                 FROM events WHERE (?1 IS NULL OR status = ?1) ORDER BY seq DESC LIMIT ?2",
+            )?;
+            let rows = st.query_map(params![status.map(Status::as_str), limit as i64], |r| {
+                let status = Status::parse(&r.get::<_, String>(5)?).unwrap_or(Status::Failed);
+                Ok(EventRow {
+                    seq: r.get(0)?,
+                    id: r.get(1)?,
+                    topic: r.get(2)?,
+                    path: r.get(3)?,
+                    received_ms: r.get(4)?,
+                    status,
+                    attempts: r.get(6)?,
+                    last_error: r.get(7)?,
+                    next_attempt_ms: (status == Status::Pending).then(|| r.get(8)).transpose()?,
+                })
+            })?;
+            rows.collect()
+        })
+        .await
+    }
+
+    /// Queues `failed` rows again: all of them, or those with the given ids.
+    /// Returns how many were queued.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn retry(&self, ids: Option<Vec<String>>) -> Result<usize, JournalError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let sql = "UPDATE events SET status = 'pending', attempts = 0, next_at_ms = 0, updated_ms = ?2
+                       WHERE status = 'failed' AND (?1 IS NULL OR event_id = ?1)";
+            match ids {
+                None => c.execute(sql, params![None::<String>, now]),
+                Some(ids) => {
+                    let mut n = 0;
+                    for id in ids {
+                        n += c.execute(sql, params![Some(id), now])?;
+                    }
+                    Ok(n)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Deletes `done` and `ignored` rows last updated before `older_than_ms`.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn prune(&self, older_than_ms: i64) -> Result<usize, JournalError> {
+        self.call(move |c| {
+            c.execute(
+                "DELETE FROM events WHERE status IN ('done', 'ignored') AND updated_ms < ?1",
+                params![older_than_ms],
+            )
+        })
+        .await
+    }
+
+    /// How many rows are in each status.
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn counts(&self) -> Result<Vec<(Status, u64)>, JournalError> {
+        self.call(|c| {
+            let mut st = c.prepare_cached("SELECT status, COUNT(*) FROM events GROUP BY status")?;
+            let rows = st.query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
+            })?;
+            let mut out = Vec::new();
+            for row in rows {
+                let (s, n) = row?;
+                if let Some(s) = Status::parse(&s) {
+                    out.push((s, n));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}
+
+/// The journal thread: block for one request, take every other one already
+/// waiting, run them all in one transaction, commit, then answer.
+fn run(conn: Connection, rx: mpsc::Receiver<Request>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        let began = conn.execute_batch("BEGIN IMMEDIATE");
+        let mut replies = Vec::with_capacity(batch.len());
+        if began.is_ok() {
+            for req in batch {
+                // A savepoint per request: a failed request rolls back alone.
+                let _ = conn.execute_batch("SAVEPOINT req");
+                let (ok, reply) = req(&conn);
+                if !ok {
+                    let _ = conn.execute_batch("ROLLBACK TO req");
+                }
+                let _ = conn.execute_batch("RELEASE req");
+                replies.push(reply);
+            }
+        } else {
+            replies.extend(batch.into_iter().map(|req| req(&conn).1));
+        }
+        let commit = match began {
+            Ok(()) => conn.execute_batch("COMMIT").map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if commit.is_err() {
+            let _ = conn.execute_batch("ROLLBACK");
+        }
+        for reply in replies {
+            reply(commit.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str, path: &str) -> NewEvent {
+        NewEvent {
+            event_id: id.into(),
+            topic: "file.created".into(),
+            path: Some(path.into()),
+            actionable: true,
+            body: b"{}".to_vec(),
+        }
+    }
+
+    #[tokio::test]
+    async fn dedup_claim_complete_and_resume() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("j/journal.db");
+        let j = Journal::open(&db).unwrap();
+        assert_eq!(j.record(ev("a", "x")).await.unwrap(), Recorded::Queued);
+        assert_eq!(j.record(ev("a", "x")).await.unwrap(), Recorded::Duplicate);
+        assert_eq!(j.record(ev("b", "y")).await.unwrap(), Recorded::Queued);
+        let mut ping = ev("p", "");
+        ping.actionable = false;
+        assert_eq!(j.record(ping).await.unwrap(), Recorded::Ignored);
+
+        let jobs = j.claim(10).await.unwrap();
+        assert_eq!(
+            jobs.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(),
+            ["a", "b"]
+        );
+        assert!(
+            j.claim(10).await.unwrap().is_empty(),
+            "running rows are not claimed twice"
+        );
+        j.complete(vec![jobs[0].seq]).await.unwrap();
+        // A duplicate of a done event is not queued again.
+        assert_eq!(j.record(ev("a", "x")).await.unwrap(), Recorded::Duplicate);
+        drop(j);
+
+        // "b" was running when we "crashed": it is resumed.
+        let j = Journal::open(&db).unwrap();
+        let jobs = j.claim(10).await.unwrap();
+        assert_eq!(jobs.len(), 1);
+        assert_eq!(jobs[0].event_id, "b");
+    }
+
+    #[tokio::test]
+    async fn failures_back_off_then_fail_then_requeue_on_redelivery() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("journal.db")).unwrap();
+        j.record(ev("a", "x")).await.unwrap();
+        let seq = j.claim(1).await.unwrap()[0].seq;
+        j.fail(vec![seq], "disk full".into()).await.unwrap();
+        assert!(
+            j.claim(1).await.unwrap().is_empty(),
+            "backoff delays the retry"
+        );
+        let due = j.next_due_ms().await.unwrap().unwrap();
+        assert!(due > now_ms() && due <= now_ms() + 1000);
+        let row = &j.list(Some(Status::Pending), 10).await.unwrap()[0];
+        assert_eq!(
+            (row.attempts, row.last_error.as_deref()),
+            (1, Some("disk full"))
+        );
+
+        for _ in 1..MAX_ATTEMPTS {
+            j.fail(vec![seq], "still".into()).await.unwrap();
+        }
+        assert_eq!(j.list(Some(Status::Failed), 10).await.unwrap().len(), 1);
+        assert_eq!(j.record(ev("a", "x")).await.unwrap(), Recorded::Requeued);
+        assert_eq!(j.claim(1).await.unwrap().len(), 1);
+        j.fail(vec![seq], "x".into()).await.unwrap();
+        for _ in 1..MAX_ATTEMPTS {
+            j.fail(vec![seq], "x".into()).await.unwrap();
+        }
+        assert_eq!(j.retry(None).await.unwrap(), 1);
+        assert_eq!(j.claim(1).await.unwrap().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn concurrent_records_are_group_committed_and_all_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("journal.db");
+        let j = Journal::open(&db).unwrap();
+        let tasks: Vec<_> = (0..500)
+            .map(|i| {
+                let j = j.clone();
+                tokio::spawn(async move { j.record(ev(&format!("e{i}"), &format!("f{i}"))).await })
+            })
+            .collect();
+        for t in tasks {
+            assert_eq!(t.await.unwrap().unwrap(), Recorded::Queued);
+        }
+        drop(j);
+        let j = Journal::open(&db).unwrap();
+        assert_eq!(j.counts().await.unwrap(), vec![(Status::Pending, 500)]);
+    }
+
+    #[tokio::test]
+    async fn prune_removes_only_old_finished_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("journal.db")).unwrap();
+        j.record(ev("a", "x")).await.unwrap();
+        j.record(ev("b", "y")).await.unwrap();
+        let jobs = j.claim(1).await.unwrap();
+        j.complete(vec![jobs[0].seq]).await.unwrap();
+        assert_eq!(j.prune(now_ms() - 60_000).await.unwrap(), 0);
+        assert_eq!(j.prune(now_ms() + 1).await.unwrap(), 1);
+        assert_eq!(j.counts().await.unwrap(), vec![(Status::Pending, 1)]);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert!(backoff(1) <= Duration::from_secs(1) && backoff(1) >= Duration::from_millis(500));
+        assert!(backoff(5) >= Duration::from_secs(8));
+        assert!(backoff(60) <= BACKOFF_MAX);
+    }
+}

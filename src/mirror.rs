@@ -1,0 +1,501 @@
+//! The local side: the only module that touches the mirror folder.
+//!
+//! Every operation goes through a `cap_std::fs::Dir` opened on the mirror root,
+//! so the kernel-level `openat` discipline keeps it inside the mirror even if a
+//! symlink was planted there; on top of that, ancestors of a path are checked
+//! with `lstat` and a symlink or file found where a directory must be is
+//! replaced (the remote said it is a directory), never followed.
+//!
+//! Downloads land atomically (SPEC §2): [`Mirror::staging_file`] creates a file
+//! in `<mirror>/.sftp-mirror/staging/`, the caller writes it, and
+//! [`Mirror::commit`] fsyncs it, sets the remote mtime, renames it into place
+//! and fsyncs the parent directory.
+
+use crate::event::{RemotePath, RESERVED_NAME};
+use cap_fs_ext::OpenOptionsMaybeDirExt;
+use cap_std::fs::{Dir, OpenOptions};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// The staging folder, relative to the mirror root.
+const STAGING: &str = ".sftp-mirror/staging";
+
+/// A local operation failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct MirrorError {
+    /// What we were doing.
+    pub op: &'static str,
+    /// The mirror-relative path.
+    pub path: String,
+    /// The cause.
+    #[source]
+    pub source: io::Error,
+}
+
+fn err(op: &'static str, path: impl Into<String>) -> impl FnOnce(io::Error) -> MirrorError {
+    let path = path.into();
+    move |source| MirrorError { op, path, source }
+}
+
+/// What a mirror path is now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LocalKind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symlink (never created by us: planted by someone else).
+    Symlink,
+    /// A socket, fifo, device …
+    Other,
+}
+
+/// `lstat` of a mirror path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LocalEntry {
+    /// Type.
+    pub kind: LocalKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, whole seconds since the epoch.
+    pub mtime: u64,
+}
+
+/// An open staging file; commit it with [`Mirror::commit`] or drop it (removed).
+pub struct Staging {
+    name: String,
+    file: Option<std::fs::File>,
+    staging: Dir,
+    committed: bool,
+}
+
+impl Staging {
+    /// The file to write the download into.
+    pub fn file(&mut self) -> &mut std::fs::File {
+        self.file.as_mut().expect("file present until commit")
+    }
+
+    /// Takes the file out to write it asynchronously; give it back with [`Staging::put_back`].
+    pub fn take_file(&mut self) -> std::fs::File {
+        self.file.take().expect("file present until commit")
+    }
+
+    /// Returns the file taken with [`Staging::take_file`].
+    pub fn put_back(&mut self, f: std::fs::File) {
+        self.file = Some(f);
+    }
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = self.staging.remove_file(&self.name);
+        }
+    }
+}
+
+/// The mirror folder.
+pub struct Mirror {
+    root: Dir,
+    staging: Dir,
+    path: PathBuf,
+}
+
+impl Mirror {
+    /// Opens (creating if needed) the mirror at `path` and empties its staging area,
+    /// which can only hold leftovers of an interrupted run.
+    ///
+    /// # Errors
+    /// When the folder cannot be created or opened.
+    pub fn open(path: &Path) -> Result<Mirror, MirrorError> {
+        let p = path.display().to_string();
+        std::fs::create_dir_all(path).map_err(err("create mirror folder", &p))?;
+        let root = Dir::open_ambient_dir(path, cap_std::ambient_authority())
+            .map_err(err("open mirror folder", &p))?;
+        match root.symlink_metadata(RESERVED_NAME) {
+            Ok(m) if !m.is_dir() => root
+                .remove_file(RESERVED_NAME)
+                .map_err(err("replace", RESERVED_NAME))?,
+            _ => {}
+        }
+        match root.symlink_metadata(STAGING) {
+            Ok(m) if m.is_dir() => root
+                .remove_dir_all(STAGING)
+                .map_err(err("clean", STAGING))?,
+            Ok(_) => root.remove_file(STAGING).map_err(err("clean", STAGING))?,
+            Err(_) => {}
+        }
+        root.create_dir_all(STAGING)
+            .map_err(err("create", STAGING))?;
+        let staging = root.open_dir(STAGING).map_err(err("open", STAGING))?;
+        Ok(Mirror {
+            root,
+            staging,
+            path: path.to_owned(),
+        })
+    }
+
+    /// The mirror folder on disk.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The staging folder on disk (readers of the mirror should skip `.sftp-mirror`).
+    pub fn staging_path(&self) -> PathBuf {
+        self.path.join(STAGING)
+    }
+
+    /// `lstat` of `rel`; `None` when it does not exist, or when it is only
+    /// reachable through a symlink or a non-directory (then it is not mirror content).
+    ///
+    /// # Errors
+    /// On an I/O error other than "not there".
+    pub fn stat(&self, rel: &RemotePath) -> Result<Option<LocalEntry>, MirrorError> {
+        if !self.ancestors_are_dirs(rel)? {
+            return Ok(None);
+        }
+        self.lstat(rel.as_str())
+    }
+
+    fn lstat(&self, rel: &str) -> Result<Option<LocalEntry>, MirrorError> {
+        match self.root.symlink_metadata(rel) {
+            Ok(m) => Ok(Some(entry_of(&m))),
+            Err(e) if gone(&e) => Ok(None),
+            Err(e) => Err(err("stat", rel)(e)),
+        }
+    }
+
+    /// Whether every ancestor of `rel` is a real directory (not a symlink).
+    fn ancestors_are_dirs(&self, rel: &RemotePath) -> Result<bool, MirrorError> {
+        for prefix in ancestors(rel.as_str()) {
+            match self.lstat(prefix)? {
+                Some(e) if e.kind == LocalKind::Dir => {}
+                _ => return Ok(false),
+            }
+        }
+        Ok(true)
+    }
+
+    /// Makes every ancestor of `rel` a real directory, replacing a file or
+    /// symlink in the way (the remote has a directory there).
+    fn ensure_ancestors(&self, rel: &str) -> Result<(), MirrorError> {
+        for prefix in ancestors(rel) {
+            self.ensure_dir_at(prefix)?;
+        }
+        Ok(())
+    }
+
+    fn ensure_dir_at(&self, rel: &str) -> Result<bool, MirrorError> {
+        match self.lstat(rel)? {
+            Some(e) if e.kind == LocalKind::Dir => return Ok(false),
+            Some(_) => self
+                .root
+                .remove_file(rel)
+                .map_err(err("replace with a directory", rel))?,
+            None => {}
+        }
+        match self.root.create_dir(rel) {
+            Ok(()) => Ok(true),
+            // Another task created it between our lstat and mkdir: fine if it is a directory.
+            Err(e)
+                if e.kind() == io::ErrorKind::AlreadyExists
+                    && self.lstat(rel)?.map(|e| e.kind) == Some(LocalKind::Dir) =>
+            {
+                Ok(false)
+            }
+            Err(e) => Err(err("create directory", rel)(e)),
+        }
+    }
+
+    /// Creates directory `rel` and its parents; a file or symlink in the way is
+    /// replaced. Returns whether anything was created.
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn make_dir(&self, rel: &RemotePath) -> Result<bool, MirrorError> {
+        self.ensure_ancestors(rel.as_str())?;
+        self.ensure_dir_at(rel.as_str())
+    }
+
+    /// A new, empty staging file.
+    ///
+    /// # Errors
+    /// On an I/O error (e.g. the mirror filesystem is read-only).
+    pub fn staging_file(&self) -> Result<Staging, MirrorError> {
+        let mut opts = OpenOptions::new();
+        opts.write(true).create_new(true);
+        loop {
+            let name = format!("{:016x}.part", fastrand::u64(..));
+            match self.staging.open_with(&name, &opts) {
+                Ok(f) => {
+                    return Ok(Staging {
+                        name,
+                        file: Some(f.into_std()),
+                        staging: self.staging.try_clone().map_err(err("open", STAGING))?,
+                        committed: false,
+                    })
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => return Err(err("create staging file", STAGING)(e)),
+            }
+        }
+    }
+
+    /// Makes a written staging file durable with `mtime` (seconds) and renames
+    /// it to `rel`, replacing whatever is there (a directory tree included: the
+    /// caller has confirmed with the remote that `rel` is a file now).
+    ///
+    /// # Errors
+    /// On an I/O error; the staging file is then removed.
+    pub fn commit(
+        &self,
+        mut staged: Staging,
+        rel: &RemotePath,
+        mtime: u64,
+    ) -> Result<(), MirrorError> {
+        let r = rel.as_str();
+        let f = staged.file();
+        f.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
+            .map_err(err("set mtime", r))?;
+        f.sync_all().map_err(err("fsync", r))?;
+        self.ensure_ancestors(r)?;
+        if let Some(LocalKind::Dir) = self.lstat(r)?.map(|e| e.kind) {
+            self.root
+                .remove_dir_all(r)
+                .map_err(err("replace directory", r))?;
+        }
+        self.staging
+            .rename(&staged.name, &self.root, r)
+            .map_err(err("rename into place", r))?;
+        staged.committed = true;
+        self.sync_parent(r)
+    }
+
+    /// fsyncs the directory holding `rel`, so a rename or unlink survives a crash.
+    fn sync_parent(&self, rel: &str) -> Result<(), MirrorError> {
+        let parent = rel.rfind('/').map_or(".", |i| &rel[..i]);
+        // cap-std opens directories O_PATH, which cannot be fsynced: open it for reading.
+        let mut opts = OpenOptions::new();
+        opts.read(true);
+        opts.maybe_dir(true);
+        let dir = self
+            .root
+            .open_with(parent, &opts)
+            .map_err(err("open", parent))?;
+        dir.into_std()
+            .sync_all()
+            .map_err(err("fsync directory of", rel))
+    }
+
+    /// Removes `rel` (a file, a symlink, or a whole directory tree, never
+    /// following links). Returns what was removed, `None` if nothing was there.
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn remove(&self, rel: &RemotePath) -> Result<Option<LocalKind>, MirrorError> {
+        let Some(entry) = self.stat(rel)? else {
+            return Ok(None);
+        };
+        let r = rel.as_str();
+        match entry.kind {
+            LocalKind::Dir => self.root.remove_dir_all(r),
+            _ => self.root.remove_file(r),
+        }
+        .or_else(|e| if gone(&e) { Ok(()) } else { Err(e) })
+        .map_err(err("remove", r))?;
+        self.sync_parent(r)?;
+        Ok(Some(entry.kind))
+    }
+
+    /// Lists directory `rel` (`None` = the root) without following symlinks;
+    /// the root's `.sftp-mirror` is left out. Names that are not UTF-8 are
+    /// returned lossily marked so the caller can treat them as extraneous.
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn list_dir(
+        &self,
+        rel: Option<&RemotePath>,
+    ) -> Result<Vec<(String, LocalEntry)>, MirrorError> {
+        let shown = rel
+            .map(|r| r.as_str().to_owned())
+            .unwrap_or_else(|| ".".into());
+        let dir = match rel {
+            Some(r) => self.root.open_dir(r.as_str()),
+            None => self.root.try_clone(),
+        }
+        .map_err(err("open directory", &shown))?;
+        let mut out = Vec::new();
+        for ent in dir.entries().map_err(err("list", &shown))? {
+            let ent = ent.map_err(err("list", &shown))?;
+            let name = ent.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if rel.is_none() && name == RESERVED_NAME {
+                continue;
+            }
+            let meta = match dir.symlink_metadata(name) {
+                Ok(m) => m,
+                Err(e) if gone(&e) => continue,
+                Err(e) => return Err(err("stat", format!("{shown}/{name}"))(e)),
+            };
+            out.push((name.to_owned(), entry_of(&meta)));
+        }
+        Ok(out)
+    }
+}
+
+fn entry_of(m: &cap_std::fs::Metadata) -> LocalEntry {
+    let ft = m.file_type();
+    let kind = if ft.is_symlink() {
+        LocalKind::Symlink
+    } else if ft.is_dir() {
+        LocalKind::Dir
+    } else if ft.is_file() {
+        LocalKind::File
+    } else {
+        LocalKind::Other
+    };
+    let mtime = m
+        .modified()
+        .ok()
+        .and_then(|t| t.into_std().duration_since(SystemTime::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    LocalEntry {
+        kind,
+        size: m.len(),
+        mtime,
+    }
+}
+
+/// "Not there", including "a component on the way is not a directory" and
+/// cap-std's refusal to leave the mirror through a symlink.
+fn gone(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
+    ) || e.raw_os_error() == Some(20 /* ENOTDIR */)
+}
+
+/// `a/b/c` → `a`, `a/b`.
+fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
+    rel.match_indices('/').map(move |(i, _)| &rel[..i])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn p(s: &str) -> RemotePath {
+        RemotePath::parse(s).unwrap()
+    }
+
+    fn store(m: &Mirror, rel: &str, data: &[u8], mtime: u64) {
+        let mut s = m.staging_file().unwrap();
+        s.file().write_all(data).unwrap();
+        m.commit(s, &p(rel), mtime).unwrap();
+    }
+
+    #[test]
+    fn store_creates_parents_sets_mtime_and_leaves_no_staging() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::open(dir.path()).unwrap();
+        store(&m, "a/b/c.txt", b"hello", 1_600_000_000);
+        assert_eq!(
+            std::fs::read(dir.path().join("a/b/c.txt")).unwrap(),
+            b"hello"
+        );
+        let e = m.stat(&p("a/b/c.txt")).unwrap().unwrap();
+        assert_eq!(
+            (e.kind, e.size, e.mtime),
+            (LocalKind::File, 5, 1_600_000_000)
+        );
+        assert_eq!(std::fs::read_dir(m.staging_path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn file_and_directory_replace_each_other() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::open(dir.path()).unwrap();
+        store(&m, "x", b"file", 1);
+        assert!(m.make_dir(&p("x/y")).unwrap());
+        assert!(dir.path().join("x/y").is_dir());
+        store(&m, "x", b"file again", 2);
+        assert_eq!(std::fs::read(dir.path().join("x")).unwrap(), b"file again");
+        assert_eq!(m.remove(&p("x")).unwrap(), Some(LocalKind::File));
+        assert_eq!(m.remove(&p("x")).unwrap(), None);
+    }
+
+    #[test]
+    fn planted_symlinks_are_never_followed_out() {
+        let outside = tempfile::tempdir().unwrap();
+        std::fs::write(outside.path().join("victim"), b"keep").unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::open(dir.path()).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
+        std::os::unix::fs::symlink(outside.path().join("victim"), dir.path().join("flink"))
+            .unwrap();
+
+        // Reading through the link sees nothing; deleting through it deletes nothing outside.
+        assert_eq!(m.stat(&p("link/victim")).unwrap(), None);
+        assert_eq!(m.remove(&p("link/victim")).unwrap(), None);
+        assert_eq!(
+            std::fs::read(outside.path().join("victim")).unwrap(),
+            b"keep"
+        );
+
+        // Writing below the link replaces the link by a real directory.
+        store(&m, "link/victim", b"mirror", 5);
+        assert!(dir.path().join("link").symlink_metadata().unwrap().is_dir());
+        assert_eq!(
+            std::fs::read(outside.path().join("victim")).unwrap(),
+            b"keep"
+        );
+
+        // Writing over a file symlink replaces the link itself.
+        store(&m, "flink", b"mine", 5);
+        assert!(dir
+            .path()
+            .join("flink")
+            .symlink_metadata()
+            .unwrap()
+            .is_file());
+        assert_eq!(
+            std::fs::read(outside.path().join("victim")).unwrap(),
+            b"keep"
+        );
+
+        // Removing a tree that contains a link to outside removes the link only.
+        std::fs::create_dir(dir.path().join("tree")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("tree/out")).unwrap();
+        assert_eq!(m.remove(&p("tree")).unwrap(), Some(LocalKind::Dir));
+        assert_eq!(
+            std::fs::read(outside.path().join("victim")).unwrap(),
+            b"keep"
+        );
+    }
+
+    #[test]
+    fn open_cleans_staging_leftovers_and_list_hides_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::open(dir.path()).unwrap();
+        let mut s = m.staging_file().unwrap();
+        s.file().write_all(b"partial").unwrap();
+        std::mem::forget(s); // a crash: the file stays
+        assert_eq!(std::fs::read_dir(m.staging_path()).unwrap().count(), 1);
+        drop(m);
+        let m = Mirror::open(dir.path()).unwrap();
+        assert_eq!(std::fs::read_dir(m.staging_path()).unwrap().count(), 0);
+        assert!(m.list_dir(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn dropped_staging_file_is_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::open(dir.path()).unwrap();
+        drop(m.staging_file().unwrap());
+        assert_eq!(std::fs::read_dir(m.staging_path()).unwrap().count(), 0);
+    }
+}

@@ -1,0 +1,139 @@
+//! Pipelined download of one remote file into a local file.
+//!
+//! We drive `RawSftpSession` READs ourselves instead of russh-sftp's `File`:
+//! many requests stay in flight (latency hidden), we ask exactly for the bytes
+//! the file has (a small file costs one READ, not a probe plus 16 reads past
+//! its end), and a request that times out on a slow link is asked again with
+//! a smaller window instead of failing the whole file (russh-sftp starts each
+//! request's timeout when it is queued, not when its turn comes).
+
+use super::session::Conn;
+use super::RemoteError;
+use futures::stream::{FuturesUnordered, StreamExt};
+use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
+use std::collections::VecDeque;
+use std::os::unix::fs::FileExt;
+
+/// READ requests in flight per file at most.
+pub const MAX_IN_FLIGHT: usize = 64;
+/// Timeouts in a row (without a successful READ between them) before giving up.
+const MAX_TIMEOUTS_IN_A_ROW: u32 = 8;
+
+/// How a download ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Downloaded {
+    /// Bytes written.
+    pub bytes: u64,
+    /// `false` when the file ended before `size`: it changed under us.
+    pub complete: bool,
+}
+
+/// Reads `size` bytes of remote `path` into `out` at the same offsets.
+///
+/// Writes go straight to the page cache with positioned writes; they are short
+/// and the caller fsyncs once at the end.
+///
+/// # Errors
+/// A [`RemoteError`] on a server error, a lost connection, repeated timeouts,
+/// or a local write error (reported as a transport-neutral status).
+pub async fn download(
+    conn: &Conn,
+    path: &str,
+    size: u64,
+    out: &std::fs::File,
+) -> Result<Downloaded, LocalOrRemote> {
+    if size == 0 {
+        return Ok(Downloaded {
+            bytes: 0,
+            complete: true,
+        });
+    }
+    let sftp = &conn.sftp;
+    let handle = sftp
+        .open(path, OpenFlags::READ, FileAttributes::default())
+        .await
+        .map_err(|e| RemoteError::from_sftp(path, e))?
+        .handle;
+    let chunk = u64::from(conn.read_len.max(1));
+    let mut todo: VecDeque<(u64, u32)> = (0..size.div_ceil(chunk))
+        .map(|i| (i * chunk, (size - i * chunk).min(chunk) as u32))
+        .collect();
+    let mut window = MAX_IN_FLIGHT;
+    let mut timeouts = 0;
+    let mut written = 0u64;
+    let mut eof_at: Option<u64> = None;
+    let mut in_flight = FuturesUnordered::new();
+    let result = loop {
+        while in_flight.len() < window {
+            let Some((off, len)) = todo.pop_front() else {
+                break;
+            };
+            if eof_at.is_some_and(|e| off >= e) {
+                continue;
+            }
+            let h = handle.clone();
+            in_flight.push(async move { (off, len, sftp.read(h, off, len).await) });
+        }
+        let Some((off, len, r)) = in_flight.next().await else {
+            break Ok(());
+        };
+        match r {
+            Ok(data) if !data.data.is_empty() => {
+                timeouts = 0;
+                let n = data.data.len() as u64;
+                if let Err(e) = out.write_all_at(&data.data, off) {
+                    break Err(LocalOrRemote::Local(e));
+                }
+                written += n;
+                if n < u64::from(len) {
+                    // A short read is legal SFTP: ask for the rest.
+                    todo.push_front((off + n, len - n as u32));
+                }
+            }
+            Ok(_) => eof_at = Some(eof_at.map_or(off, |e| e.min(off))),
+            Err(russh_sftp::client::error::Error::Status(s))
+                if s.status_code == StatusCode::Eof =>
+            {
+                eof_at = Some(eof_at.map_or(off, |e| e.min(off)));
+            }
+            Err(russh_sftp::client::error::Error::Timeout) => {
+                timeouts += 1;
+                if timeouts > MAX_TIMEOUTS_IN_A_ROW {
+                    break Err(RemoteError::Timeout {
+                        path: path.to_owned(),
+                    }
+                    .into());
+                }
+                window = (window / 2).max(1);
+                tracing::debug!(
+                    path,
+                    window,
+                    "READ timed out; asking again with a smaller window"
+                );
+                todo.push_front((off, len));
+            }
+            Err(e) => break Err(RemoteError::from_sftp(path, e).into()),
+        }
+    };
+    drop(in_flight);
+    // Close errors do not matter for a read-only handle; don't wait on a dead link.
+    if !matches!(&result, Err(LocalOrRemote::Remote(e)) if e.is_transport()) {
+        let _ = sftp.close(handle).await;
+    }
+    result?;
+    Ok(Downloaded {
+        bytes: written,
+        complete: eof_at.is_none(),
+    })
+}
+
+/// A download failed on our side (disk) or the server's.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalOrRemote {
+    /// Writing the staging file failed.
+    #[error("writing the staging file: {0}")]
+    Local(std::io::Error),
+    /// The server or the connection failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+}

@@ -1,0 +1,190 @@
+//! The SFTP side: the only module that talks SSH/SFTP.
+//!
+//! [`Remote`] is a cheap handle over a small pool of SSH connections (the
+//! supervisor): each slot connects lazily, is re-checked before use, and is
+//! replaced after a transport error, with exponential backoff and jitter
+//! between failed connects. Jobs borrow the current [`Conn`] for one
+//! operation and never keep a dead one. `fetch` downloads with deep read
+//! pipelining; `walk` lists directories in streamed batches.
+//!
+//! Host keys are pinned (`known_hosts` or SHA-256 fingerprints); there is no
+//! accept-anything mode, and a mismatch names the key the server showed.
+
+mod fetch;
+mod session;
+mod walk;
+
+pub use fetch::{download, Downloaded, LocalOrRemote};
+pub use session::{probe_host_key, Conn, Remote};
+pub use walk::{list_dir, RemoteDirEntry};
+
+use russh_sftp::protocol::StatusCode;
+
+/// A remote failure, classified so callers can branch.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum RemoteError {
+    /// TCP connect failed or the handshake did not finish in time.
+    #[error("cannot connect to {addr}: {reason}")]
+    Connect {
+        /// `host:port`.
+        addr: String,
+        /// Why.
+        reason: String,
+    },
+    /// The server's host key is not in `known_hosts` / the pinned fingerprints.
+    #[error(
+        "host key of {addr} is not trusted: the server presented {fingerprint} ({algorithm}); \
+         if that is the right key, pin it with `host_key_fingerprint = \"{fingerprint}\"` \
+         or record it with `sftp-mirror check --trust-host-key`"
+    )]
+    HostKeyUnknown {
+        /// `host:port`.
+        addr: String,
+        /// `SHA256:…`.
+        fingerprint: String,
+        /// e.g. `ssh-ed25519`.
+        algorithm: String,
+    },
+    /// The host key differs from the one recorded: possibly an attack.
+    #[error(
+        "HOST KEY MISMATCH for {addr}: the server presented {fingerprint} ({algorithm}), \
+         which differs from the key recorded {recorded}; refusing to connect"
+    )]
+    HostKeyMismatch {
+        /// `host:port`.
+        addr: String,
+        /// `SHA256:…` the server presented.
+        fingerprint: String,
+        /// e.g. `ssh-ed25519`.
+        algorithm: String,
+        /// Where the recorded key is (file and line, or "in host_key_fingerprint").
+        recorded: String,
+    },
+    /// The server refused our credentials.
+    #[error("authentication failed for user {user} on {addr}")]
+    Auth {
+        /// `host:port`.
+        addr: String,
+        /// User name.
+        user: String,
+    },
+    /// The private key file could not be loaded.
+    #[error("cannot load private key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: String,
+        /// Why (wrong passphrase, bad format …).
+        reason: String,
+    },
+    /// The SSH connection or SFTP channel failed or closed.
+    #[error("SFTP connection lost: {0}")]
+    Transport(String),
+    /// Recent connects failed; not retried before the backoff ends.
+    #[error("SFTP server unreachable, next try in {retry_in_ms} ms: {last}")]
+    Backoff {
+        /// Time left.
+        retry_in_ms: u64,
+        /// The last connect error.
+        last: String,
+    },
+    /// A request got no answer within `sftp.timeout`.
+    #[error("{path}: SFTP request timed out")]
+    Timeout {
+        /// Remote path.
+        path: String,
+    },
+    /// The server answered with an error status.
+    #[error("{path}: {code:?}: {message}")]
+    Status {
+        /// Remote path.
+        path: String,
+        /// SFTP status.
+        code: StatusCode,
+        /// The server's message.
+        message: String,
+    },
+    /// The remote file changed while we downloaded it, several times in a row.
+    #[error("{path}: file kept changing during download")]
+    Unstable {
+        /// Remote path.
+        path: String,
+    },
+}
+
+impl RemoteError {
+    /// Configuration/trust problems that retrying cannot fix (exit code 4).
+    pub fn is_access_error(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::HostKeyUnknown { .. }
+                | RemoteError::HostKeyMismatch { .. }
+                | RemoteError::Auth { .. }
+                | RemoteError::Key { .. }
+        )
+    }
+
+    /// Whether the connection should be dropped and re-established.
+    pub fn is_transport(&self) -> bool {
+        matches!(
+            self,
+            RemoteError::Transport(_) | RemoteError::Timeout { .. }
+        )
+    }
+
+    /// Maps a russh-sftp error for `path`.
+    pub(crate) fn from_sftp(path: &str, e: russh_sftp::client::error::Error) -> RemoteError {
+        use russh_sftp::client::error::Error as E;
+        match e {
+            E::Status(s) => RemoteError::Status {
+                path: path.to_owned(),
+                code: s.status_code,
+                message: s.error_message,
+            },
+            E::Timeout => RemoteError::Timeout {
+                path: path.to_owned(),
+            },
+            // A dead session only shows up as a string: "session closed", "sender dropped", I/O.
+            other => RemoteError::Transport(format!("{path}: {other}")),
+        }
+    }
+}
+
+/// What a remote path is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RemoteKind {
+    /// Regular file.
+    File,
+    /// Directory.
+    Dir,
+    /// Symlink, device … (SFTP To Go has none; never mirrored).
+    Other,
+}
+
+/// `lstat` of a remote path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoteEntry {
+    /// Type.
+    pub kind: RemoteKind,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds since the epoch (SFTP v3 has whole seconds).
+    pub mtime: u64,
+}
+
+impl RemoteEntry {
+    pub(crate) fn from_attrs(a: &russh_sftp::protocol::FileAttributes) -> RemoteEntry {
+        let ft = a.file_type();
+        let kind = if ft.is_dir() {
+            RemoteKind::Dir
+        } else if ft.is_file() {
+            RemoteKind::File
+        } else {
+            RemoteKind::Other
+        };
+        RemoteEntry {
+            kind,
+            size: a.size.unwrap_or(0),
+            mtime: u64::from(a.mtime.unwrap_or(0)),
+        }
+    }
+}

@@ -1,0 +1,522 @@
+//! SSH connections: connect with a deadline, verify the host key, log in, open
+//! the SFTP subsystem; a pool of slots that reconnect with backoff.
+
+use super::{RemoteEntry, RemoteError};
+use crate::config::{HostKeyPolicy, SftpAuth, SftpSettings};
+use russh::client::{self, Handle};
+use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
+use russh_sftp::client::rawsession::Limits;
+use russh_sftp::client::RawSftpSession;
+use russh_sftp::protocol::StatusCode;
+use std::borrow::Cow;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Largest READ we ask for: OpenSSH serves up to 261,120 bytes, and russh-sftp's
+/// 256 KiB packet limit must hold the reply header too.
+pub(crate) const MAX_READ_LEN: u32 = 255 * 1024;
+/// SSH channel window: lets the server stream many pipelined READ replies
+/// without waiting for window adjustments (the 2 MiB default throttles them).
+const WINDOW_SIZE: u32 = 32 * 1024 * 1024;
+/// First delay after a failed connect; doubles up to [`MAX_CONNECT_BACKOFF`].
+const CONNECT_BACKOFF: Duration = Duration::from_millis(250);
+/// Longest delay between connect attempts.
+const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(30);
+/// Unanswered keepalives before russh declares the connection dead.
+const KEEPALIVE_MAX: usize = 3;
+
+/// AES-GCM first: with AES-NI it is ~1.5× faster than the chacha20 OpenSSH picks.
+const CIPHERS: &[russh::cipher::Name] = &[
+    russh::cipher::AES_128_GCM,
+    russh::cipher::AES_256_GCM,
+    russh::cipher::CHACHA20_POLY1305,
+    russh::cipher::AES_256_CTR,
+    russh::cipher::AES_128_CTR,
+];
+
+/// One live SSH connection with its SFTP session.
+pub struct Conn {
+    pub(crate) sftp: RawSftpSession,
+    handle: Handle<Client>,
+    /// Bytes per READ request on this server.
+    pub(crate) read_len: u32,
+    id: u64,
+}
+
+impl Conn {
+    /// Whether the SSH connection is gone.
+    pub fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// `lstat` of an absolute remote path; `None` when it does not exist.
+    ///
+    /// # Errors
+    /// A [`RemoteError`] for anything but "no such file".
+    pub async fn lstat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
+        match self.sftp.lstat(path).await {
+            Ok(a) => Ok(Some(RemoteEntry::from_attrs(&a.attrs))),
+            Err(e) => match RemoteError::from_sftp(path, e) {
+                RemoteError::Status {
+                    code: StatusCode::NoSuchFile,
+                    ..
+                } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+}
+
+/// What the host-key check saw, kept for the error message.
+#[derive(Default)]
+struct Seen {
+    key: Option<PublicKey>,
+    verdict: Option<RemoteError>,
+}
+
+/// The russh client handler: verifies the host key against the pinned policy.
+pub(crate) struct Client {
+    policy: Option<HostKeyPolicy>,
+    host: String,
+    port: u16,
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl client::Handler for Client {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            // No CA is configured, so a certificate proves nothing to us.
+            return Ok(false);
+        };
+        let addr = format!("{}:{}", self.host, self.port);
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let algorithm = key.algorithm().to_string();
+        let verdict = match &self.policy {
+            None => Some(RemoteError::HostKeyUnknown {
+                addr,
+                fingerprint,
+                algorithm,
+            }),
+            Some(HostKeyPolicy::Fingerprints(pins)) => {
+                if pins.iter().any(|p| p == &fingerprint) {
+                    None
+                } else {
+                    Some(RemoteError::HostKeyMismatch {
+                        addr,
+                        fingerprint,
+                        algorithm,
+                        recorded: "in sftp.host_key_fingerprint".into(),
+                    })
+                }
+            }
+            Some(HostKeyPolicy::KnownHosts(path)) => {
+                match russh::keys::check_known_hosts_path(&self.host, self.port, key, path) {
+                    Ok(true) => None,
+                    Ok(false) => Some(RemoteError::HostKeyUnknown {
+                        addr,
+                        fingerprint,
+                        algorithm,
+                    }),
+                    Err(russh::keys::Error::KeyChanged { line }) => {
+                        Some(RemoteError::HostKeyMismatch {
+                            addr,
+                            fingerprint,
+                            algorithm,
+                            recorded: format!("in {} line {line}", path.display()),
+                        })
+                    }
+                    Err(e) => Some(RemoteError::Connect {
+                        addr,
+                        reason: format!("reading {}: {e}", path.display()),
+                    }),
+                }
+            }
+        };
+        let ok = verdict.is_none();
+        let mut seen = self.seen.lock().expect("not poisoned");
+        seen.key = Some(key.clone());
+        seen.verdict = verdict;
+        Ok(ok)
+    }
+}
+
+/// Host-key algorithms in the order to ask for: those recorded in `known_hosts`
+/// for this host first, so the server shows the key we can check.
+fn key_order(s: &SftpSettings) -> Cow<'static, [russh::keys::Algorithm]> {
+    let default = russh::Preferred::DEFAULT.key;
+    let HostKeyPolicy::KnownHosts(path) = &s.host_keys else {
+        return default;
+    };
+    let Ok(known) = russh::keys::known_hosts::known_host_keys_path(&s.host, s.port, path) else {
+        return default;
+    };
+    let mut order: Vec<russh::keys::Algorithm> = Vec::new();
+    for (_, k) in known {
+        let alg = k.algorithm();
+        if alg.clone().is_rsa() {
+            for hash in [Some(HashAlg::Sha512), Some(HashAlg::Sha256)] {
+                let a = russh::keys::Algorithm::Rsa { hash };
+                if !order.contains(&a) {
+                    order.push(a);
+                }
+            }
+        } else if !order.contains(&alg) {
+            order.push(alg);
+        }
+    }
+    for a in default.iter() {
+        if !order.contains(a) {
+            order.push(a.clone());
+        }
+    }
+    Cow::Owned(order)
+}
+
+fn client_config(s: &SftpSettings) -> client::Config {
+    client::Config {
+        nodelay: true,
+        window_size: WINDOW_SIZE,
+        keepalive_interval: Some(s.keepalive),
+        keepalive_max: KEEPALIVE_MAX,
+        preferred: russh::Preferred {
+            cipher: Cow::Borrowed(CIPHERS),
+            key: key_order(s),
+            ..russh::Preferred::DEFAULT
+        },
+        ..Default::default()
+    }
+}
+
+/// TCP connect and SSH handshake with a deadline; returns the handle (or the
+/// reason) and the host key the server presented, if it got that far.
+async fn handshake(
+    s: &SftpSettings,
+    policy: Option<HostKeyPolicy>,
+) -> (Result<Handle<Client>, RemoteError>, Option<PublicKey>) {
+    let addr = format!("{}:{}", s.host, s.port);
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let handler = Client {
+        policy,
+        host: s.host.clone(),
+        port: s.port,
+        seen: seen.clone(),
+    };
+    let connect = client::connect(
+        Arc::new(client_config(s)),
+        (s.host.as_str(), s.port),
+        handler,
+    );
+    let r = tokio::time::timeout(s.timeout, connect).await;
+    let mut seen = seen.lock().expect("not poisoned");
+    let r = match r {
+        Err(_) => Err(RemoteError::Connect {
+            addr,
+            reason: format!("no SSH handshake within {:?}", s.timeout),
+        }),
+        Ok(Err(e)) => Err(seen.verdict.take().unwrap_or(RemoteError::Connect {
+            addr,
+            reason: e.to_string(),
+        })),
+        Ok(Ok(h)) => Ok(h),
+    };
+    (r, seen.key.take())
+}
+
+/// Connects, verifies the host key and logs in; returns the SSH handle.
+async fn open_ssh(s: &SftpSettings) -> Result<Handle<Client>, RemoteError> {
+    let addr = format!("{}:{}", s.host, s.port);
+    let mut handle = handshake(s, Some(s.host_keys.clone())).await.0?;
+    let auth = async {
+        match &s.auth {
+            SftpAuth::Password(pw) => handle.authenticate_password(&s.username, pw.expose()).await,
+            SftpAuth::PrivateKey { path, passphrase } => {
+                let key =
+                    russh::keys::load_secret_key(path, passphrase.as_ref().map(|p| p.expose()))
+                        .map_err(|e| russh::Error::Keys(e));
+                let key = match key {
+                    Ok(k) => k,
+                    Err(e) => return Err(e),
+                };
+                let hash = handle.best_supported_rsa_hash().await?.flatten();
+                handle
+                    .authenticate_publickey(
+                        &s.username,
+                        PrivateKeyWithHashAlg::new(Arc::new(key), hash),
+                    )
+                    .await
+            }
+        }
+    };
+    let result = match tokio::time::timeout(s.timeout, auth).await {
+        Err(_) => {
+            return Err(RemoteError::Connect {
+                addr,
+                reason: "login timed out".into(),
+            })
+        }
+        Ok(Err(russh::Error::Keys(e))) => {
+            let path = match &s.auth {
+                SftpAuth::PrivateKey { path, .. } => path.display().to_string(),
+                SftpAuth::Password(_) => String::new(),
+            };
+            return Err(RemoteError::Key {
+                path,
+                reason: e.to_string(),
+            });
+        }
+        Ok(Err(e)) => {
+            return Err(RemoteError::Connect {
+                addr,
+                reason: format!("login: {e}"),
+            })
+        }
+        Ok(Ok(r)) => r,
+    };
+    if !result.success() {
+        return Err(RemoteError::Auth {
+            addr,
+            user: s.username.clone(),
+        });
+    }
+    Ok(handle)
+}
+
+async fn open_conn(s: &SftpSettings, id: u64) -> Result<Conn, RemoteError> {
+    let handle = open_ssh(s).await?;
+    let transport =
+        |e: russh::Error| RemoteError::Transport(format!("opening SFTP subsystem: {e}"));
+    let setup = async {
+        let channel = handle.channel_open_session().await.map_err(transport)?;
+        channel
+            .request_subsystem(true, "sftp")
+            .await
+            .map_err(transport)?;
+        let cfg = russh_sftp::client::Config {
+            request_timeout_secs: s.timeout.as_secs().max(1),
+            ..Default::default()
+        };
+        let mut sftp = RawSftpSession::new_with_config(channel.into_stream(), cfg);
+        let version = sftp
+            .init()
+            .await
+            .map_err(|e| RemoteError::from_sftp("(init)", e))?;
+        let mut read_len = MAX_READ_LEN;
+        if version
+            .extensions
+            .contains_key(russh_sftp::extensions::LIMITS)
+        {
+            if let Ok(l) = sftp.limits().await {
+                let limits = Limits::from(l);
+                if let Some(r) = limits.read_len {
+                    read_len = read_len.min(u32::try_from(r).unwrap_or(u32::MAX));
+                }
+                sftp.set_limits(limits);
+            }
+        }
+        Ok::<_, RemoteError>((sftp, read_len))
+    };
+    let (sftp, read_len) = tokio::time::timeout(s.timeout, setup)
+        .await
+        .map_err(|_| RemoteError::Transport("SFTP subsystem did not start in time".into()))??;
+    Ok(Conn {
+        sftp,
+        handle,
+        read_len,
+        id,
+    })
+}
+
+/// Connects once with no trust and returns the key the server shows
+/// (`check --trust-host-key`). Nothing is authenticated.
+///
+/// # Errors
+/// When the server cannot be reached.
+pub async fn probe_host_key(s: &SftpSettings) -> Result<PublicKey, RemoteError> {
+    match handshake(s, None).await {
+        (_, Some(key)) => Ok(key),
+        (Err(e), None) => Err(e),
+        (Ok(_), None) => Err(RemoteError::Transport(
+            "handshake finished without a host key".into(),
+        )),
+    }
+}
+
+#[derive(Default)]
+struct Backoff {
+    failures: u32,
+    until: Option<Instant>,
+    last: String,
+}
+
+struct Slot {
+    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+}
+
+struct Inner {
+    settings: SftpSettings,
+    slots: Vec<Slot>,
+    next: AtomicUsize,
+    ids: AtomicU64,
+    connects: AtomicU64,
+    backoff: Mutex<Backoff>,
+}
+
+/// The connection supervisor: a cheap, cloneable handle to a pool of
+/// `sftp.connections` SSH connections.
+#[derive(Clone)]
+pub struct Remote {
+    inner: Arc<Inner>,
+}
+
+impl Remote {
+    /// A pool for `settings`; connects lazily.
+    pub fn new(settings: SftpSettings) -> Remote {
+        let n = settings.connections.max(1);
+        Remote {
+            inner: Arc::new(Inner {
+                slots: (0..n)
+                    .map(|_| Slot {
+                        conn: tokio::sync::Mutex::new(None),
+                    })
+                    .collect(),
+                settings,
+                next: AtomicUsize::new(0),
+                ids: AtomicU64::new(0),
+                connects: AtomicU64::new(0),
+                backoff: Mutex::new(Backoff::default()),
+            }),
+        }
+    }
+
+    /// The settings in use.
+    pub fn settings(&self) -> &SftpSettings {
+        &self.inner.settings
+    }
+
+    /// The absolute remote path of a mirror-relative path.
+    pub fn path_of(&self, rel: &str) -> String {
+        crate::event::join_remote(&self.inner.settings.remote_root, rel)
+    }
+
+    /// Successful connects so far (the first one included).
+    pub fn connects(&self) -> u64 {
+        self.inner.connects.load(Ordering::Relaxed)
+    }
+
+    /// A live connection, connecting (or reconnecting) if needed. Spreads callers
+    /// over the slots round-robin.
+    ///
+    /// # Errors
+    /// [`RemoteError::Backoff`] while recent connects failed; the connect error otherwise.
+    pub async fn conn(&self) -> Result<Arc<Conn>, RemoteError> {
+        let n = self.inner.slots.len();
+        let start = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
+        // Prefer a slot that is already live so one dead slot does not stall callers.
+        for i in 0..n {
+            let slot = &self.inner.slots[(start + i) % n];
+            if let Ok(guard) = slot.conn.try_lock() {
+                if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
+                    return Ok(c.clone());
+                }
+            }
+        }
+        let slot = &self.inner.slots[start];
+        let mut guard = slot.conn.lock().await;
+        if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        *guard = None;
+        {
+            let b = self.inner.backoff.lock().expect("not poisoned");
+            if let Some(until) = b.until.filter(|u| *u > Instant::now()) {
+                return Err(RemoteError::Backoff {
+                    retry_in_ms: (until - Instant::now()).as_millis() as u64,
+                    last: b.last.clone(),
+                });
+            }
+        }
+        let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
+        match open_conn(&self.inner.settings, id).await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *guard = Some(c.clone());
+                self.inner.connects.fetch_add(1, Ordering::Relaxed);
+                *self.inner.backoff.lock().expect("not poisoned") = Backoff::default();
+                tracing::debug!(conn = id, "SFTP connection established");
+                Ok(c)
+            }
+            Err(e) => {
+                let mut b = self.inner.backoff.lock().expect("not poisoned");
+                b.failures += 1;
+                let exp = CONNECT_BACKOFF
+                    .saturating_mul(1 << b.failures.min(8))
+                    .min(MAX_CONNECT_BACKOFF);
+                b.until = Some(Instant::now() + exp / 2 + exp.mul_f64(fastrand::f64() / 2.0));
+                b.last = e.to_string();
+                Err(e)
+            }
+        }
+    }
+
+    /// Drops `conn` from its slot after a transport error, so the next caller reconnects.
+    pub async fn invalidate(&self, conn: &Arc<Conn>) {
+        for slot in &self.inner.slots {
+            let mut g = slot.conn.lock().await;
+            if g.as_ref().is_some_and(|c| c.id == conn.id) {
+                tracing::info!(conn = conn.id, "dropping broken SFTP connection");
+                *g = None;
+            }
+        }
+    }
+
+    /// Clears the connect backoff so the next call tries at once (used by `check`
+    /// and after the operator fixed something).
+    pub fn reset_backoff(&self) {
+        *self.inner.backoff.lock().expect("not poisoned") = Backoff::default();
+    }
+
+    /// `lstat` of a mirror-relative path (`""` is the remote root), reconnecting
+    /// once after a transport error.
+    ///
+    /// # Errors
+    /// A [`RemoteError`] for anything but "no such file".
+    pub async fn stat(&self, rel: &str) -> Result<Option<RemoteEntry>, RemoteError> {
+        let path = self.path_of(rel);
+        self.with_retry(|c| {
+            let path = path.clone();
+            async move { c.lstat(&path).await }
+        })
+        .await
+    }
+
+    /// Runs `op` on a live connection; after a transport error drops that
+    /// connection and tries once more on a fresh one.
+    ///
+    /// # Errors
+    /// The operation's error, or the connect error.
+    pub async fn with_retry<T, F, Fut>(&self, op: F) -> Result<T, RemoteError>
+    where
+        F: Fn(Arc<Conn>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, RemoteError>>,
+    {
+        let c = self.conn().await?;
+        match op(c.clone()).await {
+            Err(e) if e.is_transport() => {
+                self.invalidate(&c).await;
+                let c = self.conn().await?;
+                let r = op(c.clone()).await;
+                if matches!(&r, Err(e) if e.is_transport()) {
+                    self.invalidate(&c).await;
+                }
+                r
+            }
+            r => r,
+        }
+    }
+}

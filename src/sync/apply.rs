@@ -1,0 +1,231 @@
+//! One path → one action (SPEC §2): ask the remote what the path is now and
+//! make the mirror match. Events and reconcile both end here.
+
+use super::filter::Filter;
+use super::locks::PathLocks;
+use crate::event::RemotePath;
+use crate::mirror::{LocalKind, Mirror, MirrorError};
+use crate::remote::{download, LocalOrRemote, Remote, RemoteEntry, RemoteError, RemoteKind};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use tokio::sync::Semaphore;
+
+/// Times a download is restarted because the remote file changed under it, or
+/// the connection dropped, before the apply fails (and is retried later).
+const ATTEMPTS: u32 = 3;
+
+/// What an apply did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Downloaded this many bytes.
+    Downloaded(u64),
+    /// Created the directory.
+    MadeDir,
+    /// Removed a local file or tree.
+    Removed,
+    /// The mirror already matched.
+    Unchanged,
+    /// The remote no longer has it, but `mirror.delete = false`.
+    KeptNoDelete,
+    /// Not mirrored (filtered, or not a file/directory on the remote).
+    Skipped(&'static str),
+}
+
+/// Why an apply failed; retried later by the journal or reconcile.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// The SFTP side failed.
+    #[error(transparent)]
+    Remote(#[from] RemoteError),
+    /// The mirror side failed.
+    #[error(transparent)]
+    Local(#[from] MirrorError),
+    /// A blocking task died (a bug); reported, not fatal.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// Counters for `/metrics` and summaries.
+#[derive(Debug, Default)]
+pub struct SyncStats {
+    /// Files downloaded.
+    pub files: AtomicU64,
+    /// Bytes downloaded.
+    pub bytes: AtomicU64,
+    /// Directories created.
+    pub dirs: AtomicU64,
+    /// Entries removed.
+    pub removed: AtomicU64,
+    /// Applies that failed.
+    pub failed: AtomicU64,
+}
+
+/// Everything an apply needs: both sides, the rules, and the shared limits.
+pub struct Syncer {
+    /// The SFTP side.
+    pub remote: Remote,
+    /// The local side.
+    pub mirror: Arc<Mirror>,
+    /// include/exclude.
+    pub filter: Filter,
+    /// `mirror.delete`.
+    pub delete: bool,
+    /// Bounds concurrent transfers (`mirror.concurrency`).
+    pub transfers: Arc<Semaphore>,
+    /// Per-path exclusion shared by events and reconcile.
+    pub locks: PathLocks,
+    /// Counters.
+    pub stats: SyncStats,
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, MirrorError> + Send + 'static,
+) -> Result<T, ApplyError> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApplyError::Internal(e.to_string()))?
+        .map_err(ApplyError::from)
+}
+
+impl Syncer {
+    /// Makes the mirror match the remote for `path`. Takes the path lock.
+    ///
+    /// # Errors
+    /// [`ApplyError`] when either side fails; nothing partial is left behind.
+    pub async fn apply(&self, path: &RemotePath) -> Result<Action, ApplyError> {
+        let _guard = self.locks.lock(path).await;
+        self.apply_locked(path).await
+    }
+
+    /// [`Syncer::apply`] for a caller that already holds the path lock.
+    ///
+    /// # Errors
+    /// As [`Syncer::apply`].
+    pub async fn apply_locked(&self, path: &RemotePath) -> Result<Action, ApplyError> {
+        if !self.filter.allows(path) {
+            return Ok(Action::Skipped("excluded by include/exclude"));
+        }
+        let remote = self.remote.stat(path.as_str()).await?;
+        self.apply_known(path, remote).await
+    }
+
+    /// Makes the mirror match `remote`, a fresh `lstat` of `path` (reconcile has
+    /// it from the listing). The caller holds the path lock.
+    ///
+    /// # Errors
+    /// As [`Syncer::apply`].
+    pub async fn apply_known(
+        &self,
+        path: &RemotePath,
+        remote: Option<RemoteEntry>,
+    ) -> Result<Action, ApplyError> {
+        match remote {
+            Some(e) if e.kind == RemoteKind::File => self.fetch(&path.with_dir(false), e).await,
+            Some(e) if e.kind == RemoteKind::Dir => {
+                let (m, p) = (self.mirror.clone(), path.with_dir(true));
+                if !self.filter.allows(&p) {
+                    return Ok(Action::Skipped("excluded by include/exclude"));
+                }
+                if blocking(move || m.make_dir(&p)).await? {
+                    self.stats.dirs.fetch_add(1, Ordering::Relaxed);
+                    Ok(Action::MadeDir)
+                } else {
+                    Ok(Action::Unchanged)
+                }
+            }
+            Some(_) => Ok(Action::Skipped(
+                "remote entry is neither a file nor a directory",
+            )),
+            None => self.remove(path).await,
+        }
+    }
+
+    /// Removes `path` locally; the caller has seen the remote confirm it is gone.
+    async fn remove(&self, path: &RemotePath) -> Result<Action, ApplyError> {
+        let (m, p) = (self.mirror.clone(), path.clone());
+        let exists = blocking(move || m.stat(&p)).await?.is_some();
+        if !exists {
+            return Ok(Action::Unchanged);
+        }
+        if !self.delete {
+            tracing::info!(path = %path, "remote entry is gone; kept locally because mirror.delete = false");
+            return Ok(Action::KeptNoDelete);
+        }
+        let (m, p) = (self.mirror.clone(), path.clone());
+        blocking(move || m.remove(&p)).await?;
+        self.stats.removed.fetch_add(1, Ordering::Relaxed);
+        Ok(Action::Removed)
+    }
+
+    /// Downloads file `path` described by `entry` unless the mirror already has
+    /// the same size and mtime.
+    async fn fetch(&self, path: &RemotePath, mut entry: RemoteEntry) -> Result<Action, ApplyError> {
+        if !self.filter.allows(path) {
+            return Ok(Action::Skipped("excluded by include/exclude"));
+        }
+        let (m, p) = (self.mirror.clone(), path.clone());
+        let local = blocking(move || m.stat(&p)).await?;
+        if local.is_some_and(|l| {
+            l.kind == LocalKind::File && l.size == entry.size && l.mtime == entry.mtime
+        }) {
+            return Ok(Action::Unchanged);
+        }
+        let rpath = self.remote.path_of(path.as_str());
+        let _permit = self
+            .transfers
+            .acquire()
+            .await
+            .map_err(|e| ApplyError::Internal(e.to_string()))?;
+        let mut last_err = None;
+        for _ in 0..ATTEMPTS {
+            let m = self.mirror.clone();
+            let mut staged = blocking(move || m.staging_file()).await?;
+            let file = staged.take_file();
+            let conn = self.remote.conn().await?;
+            let got = download(&conn, &rpath, entry.size, &file).await;
+            staged.put_back(file);
+            match got {
+                Err(LocalOrRemote::Local(e)) => {
+                    return Err(MirrorError {
+                        op: "write",
+                        path: path.to_string(),
+                        source: e,
+                    }
+                    .into())
+                }
+                Err(LocalOrRemote::Remote(e)) if e.is_transport() => {
+                    self.remote.invalidate(&conn).await;
+                    last_err = Some(e);
+                    continue;
+                }
+                Err(LocalOrRemote::Remote(e)) => return Err(e.into()),
+                Ok(d) => {
+                    // The remote is the truth *after* the copy too: if it changed while we
+                    // read, this copy may be a mix; start again from what it is now.
+                    let now = conn.lstat(&rpath).await?;
+                    match now {
+                        Some(n) if d.complete && d.bytes == entry.size && n == entry => {
+                            let (m, p, mtime) = (self.mirror.clone(), path.clone(), entry.mtime);
+                            blocking(move || m.commit(staged, &p, mtime)).await?;
+                            self.stats.files.fetch_add(1, Ordering::Relaxed);
+                            self.stats.bytes.fetch_add(d.bytes, Ordering::Relaxed);
+                            return Ok(Action::Downloaded(d.bytes));
+                        }
+                        Some(n) if n.kind == RemoteKind::File => {
+                            tracing::debug!(path = %path, "remote file changed during download; again");
+                            entry = n;
+                            last_err = Some(RemoteError::Unstable {
+                                path: rpath.clone(),
+                            });
+                        }
+                        // It became a directory or vanished: apply that instead.
+                        other => return Box::pin(self.apply_known(path, other)).await,
+                    }
+                }
+            }
+        }
+        Err(last_err
+            .unwrap_or(RemoteError::Unstable { path: rpath })
+            .into())
+    }
+}

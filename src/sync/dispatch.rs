@@ -1,0 +1,167 @@
+//! The event workers: claim due rows from the journal, run them with per-path
+//! ordering and bounded concurrency, record the outcome.
+//!
+//! Rows are started in the order received. A row whose path overlaps a row
+//! still waiting before it, or one running, waits. Consecutive waiting rows for
+//! the very same path are applied once: one `stat` of the remote answers all
+//! of them, since each was received before that `stat` (SPEC §2).
+
+use super::apply::{Action, Syncer};
+use crate::event::RemotePath;
+use crate::journal::{now_ms, Job, Journal};
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+/// Rows held in memory at most; more wait in the journal.
+const WINDOW: usize = 1024;
+/// Longest sleep between journal polls when idle (a safety net: intake wakes us).
+const IDLE_POLL: Duration = Duration::from_secs(30);
+/// How long shutdown waits for running applies before handing them back.
+pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
+
+struct Done {
+    seqs: Vec<i64>,
+    result: Result<Action, String>,
+}
+
+/// Runs the workers until `shutdown`; `wake` is notified by intake after each
+/// queued event. Rows not finished at shutdown stay in the journal for the next start.
+pub async fn run(
+    journal: Journal,
+    syncer: Arc<Syncer>,
+    wake: Arc<Notify>,
+    concurrency: usize,
+    shutdown: CancellationToken,
+) {
+    let mut queue: VecDeque<(Job, RemotePath)> = VecDeque::new();
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
+    let mut running = 0usize;
+    let mut next_due: Option<i64> = None;
+    let mut tasks = tokio::task::JoinSet::new();
+    loop {
+        if queue.len() < WINDOW / 2 {
+            match journal.claim(WINDOW - queue.len()).await {
+                Ok(jobs) => {
+                    let asked = WINDOW - queue.len();
+                    let got = jobs.len();
+                    for job in jobs {
+                        match RemotePath::parse(&job.path) {
+                            Ok(p) => queue.push_back((job, p)),
+                            Err(e) => {
+                                // Only validated paths are stored; keep going if one is not.
+                                let _ = journal
+                                    .fail(vec![job.seq], format!("stored path is invalid: {e}"))
+                                    .await;
+                            }
+                        }
+                    }
+                    next_due = if got < asked {
+                        journal.next_due_ms().await.ok().flatten()
+                    } else {
+                        None
+                    };
+                }
+                Err(e) => tracing::error!("journal: cannot claim events: {e}"),
+            }
+        }
+
+        // Start what may start, in order.
+        let mut waiting: Vec<RemotePath> = Vec::new();
+        let mut i = 0;
+        while running < concurrency && i < queue.len() {
+            let path = &queue[i].1;
+            if waiting.iter().any(|w| w.overlaps(path)) {
+                waiting.push(path.clone());
+                i += 1;
+                continue;
+            }
+            let Some(guard) = syncer.locks.try_lock(path) else {
+                waiting.push(path.clone());
+                i += 1;
+                continue;
+            };
+            let (job, path) = queue.remove(i).expect("index checked");
+            let mut seqs = vec![job.seq];
+            // Fold in the following rows for the same path, up to the first overlapping one.
+            while let Some((next, p)) = queue.get(i) {
+                if p != &path {
+                    break;
+                }
+                seqs.push(next.seq);
+                queue.remove(i);
+            }
+            running += 1;
+            let (syncer, tx) = (syncer.clone(), done_tx.clone());
+            let span = tracing::info_span!("apply", event = %job.event_id, path = %path);
+            tasks.spawn(tracing::Instrument::instrument(
+                async move {
+                    let result = syncer.apply_locked(&path).await.map_err(|e| e.to_string());
+                    drop(guard);
+                    let _ = tx.send(Done { seqs, result });
+                },
+                span,
+            ));
+        }
+
+        // Rows held back by locks are woken by a completion; rows in backoff by their due time.
+        let sleep_for = match next_due {
+            Some(due) => {
+                Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64).min(IDLE_POLL)
+            }
+            None => IDLE_POLL,
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = wake.notified() => {}
+            Some(d) = done_rx.recv() => {
+                running -= 1;
+                finish(&journal, &syncer, d).await;
+                while let Ok(d) = done_rx.try_recv() {
+                    running -= 1;
+                    finish(&journal, &syncer, d).await;
+                }
+            }
+            _ = tokio::time::sleep(sleep_for) => {}
+        }
+    }
+
+    // Shutdown: let running applies finish within the deadline; hand the rest back.
+    let left: Vec<i64> = queue.iter().map(|(j, _)| j.seq).collect();
+    let _ = journal.release(left).await;
+    let deadline = tokio::time::sleep(DRAIN_DEADLINE);
+    tokio::pin!(deadline);
+    while running > 0 {
+        tokio::select! {
+            Some(d) = done_rx.recv() => { running -= 1; finish(&journal, &syncer, d).await; }
+            _ = &mut deadline => {
+                tracing::warn!(running, "shutdown deadline reached; unfinished events stay in the journal");
+                tasks.abort_all();
+                break;
+            }
+        }
+    }
+}
+
+async fn finish(journal: &Journal, syncer: &Syncer, d: Done) {
+    let r = match d.result {
+        Ok(action) => {
+            tracing::info!(?action, events = d.seqs.len(), "applied");
+            journal.complete(d.seqs).await
+        }
+        Err(e) => {
+            syncer
+                .stats
+                .failed
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, "apply failed; will retry");
+            journal.fail(d.seqs, e).await
+        }
+    };
+    if let Err(e) = r {
+        // The rows stay `running` and are resumed on the next start.
+        tracing::error!("journal: cannot record an apply result: {e}");
+    }
+}

@@ -1,0 +1,10 @@
+//! The one place that joins the remote and the mirror: `apply` (one path),
+//! `dispatch` (journal-driven event workers), `reconcile` (whole trees).
+pub mod apply;
+pub mod dispatch;
+pub mod filter;
+pub mod locks;
+
+pub use apply::{Action, ApplyError, Syncer};
+pub use filter::Filter;
+pub use locks::PathLocks;
