@@ -45,10 +45,7 @@ pub struct SftpSettings {
 #[derive(Debug, Clone)]
 pub enum SftpAuth {
     Password(Secret),
-    PrivateKey {
-        path: PathBuf,
-        passphrase: Option<Secret>,
-    },
+    PrivateKey { path: PathBuf, passphrase: Option<Secret> },
 }
 #[derive(Debug, Clone)]
 pub enum HostKeyPolicy {
@@ -105,16 +102,12 @@ pub struct ConfigError {
 }
 impl Settings {
     pub fn load(_f: Option<&std::path::Path>) -> Result<Settings, ConfigError> {
-        Err(ConfigError {
-            problems: vec!["stub".into()],
-        })
+        Err(ConfigError { problems: vec!["stub".into()] })
     }
     pub fn load_webhook_secrets(
         _f: Option<&std::path::Path>,
         _e: &std::collections::HashMap<String, String>,
     ) -> Result<Vec<Secret>, ConfigError> {
-        Err(ConfigError {
-            problems: vec!["stub".into()],
-        })
+        Err(ConfigError { problems: vec!["stub".into()] })
     }
 }

@@ -5,7 +5,7 @@ use crate::config::Settings;
 use crate::journal::{now_ms, Journal, JournalError};
 use crate::mirror::{Mirror, MirrorError};
 use crate::remote::{Remote, RemoteError};
-use crate::sync::{dispatch, Filter, PathLocks, Syncer};
+use crate::sync::{dispatch, reconcile, Filter, PathLocks, Syncer};
 use crate::webhook::{self, Intake, Verifier};
 use std::net::SocketAddr;
 use std::sync::{Arc, RwLock};
@@ -56,6 +56,19 @@ pub struct Running {
     pub syncer: Arc<Syncer>,
     /// The journal.
     pub journal: Journal,
+    /// The last reconcile pass, if any ran.
+    pub last_reconcile: Arc<std::sync::Mutex<Option<LastReconcile>>>,
+}
+
+/// When the last reconcile pass ended and how.
+#[derive(Debug, Clone)]
+pub struct LastReconcile {
+    /// End time, epoch milliseconds.
+    pub at_ms: i64,
+    /// Whether it converged with no failure.
+    pub ok: bool,
+    /// The summary line or the error.
+    pub result: String,
 }
 
 /// Builds the [`Syncer`] for `settings` (shared by `serve` and `reconcile`).
@@ -68,9 +81,7 @@ pub fn syncer(settings: &Settings) -> Result<Syncer, ServeError> {
         mirror: Arc::new(Mirror::open(&settings.mirror.path)?),
         filter: Filter::new(&settings.mirror.include, &settings.mirror.exclude)?,
         delete: settings.mirror.delete,
-        transfers: Arc::new(tokio::sync::Semaphore::new(
-            settings.mirror.concurrency.max(1),
-        )),
+        transfers: Arc::new(tokio::sync::Semaphore::new(settings.mirror.concurrency.max(1))),
         locks: PathLocks::default(),
         stats: Default::default(),
     })
@@ -86,10 +97,8 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(Running, tokio::task::JoinHandle<()>), ServeError> {
     let journal_path = settings.journal.path.display().to_string();
-    let journal = Journal::open(&settings.journal.path).map_err(|source| ServeError::Journal {
-        path: journal_path.clone(),
-        source,
-    })?;
+    let journal = Journal::open(&settings.journal.path)
+        .map_err(|source| ServeError::Journal { path: journal_path.clone(), source })?;
     let syncer = Arc::new(syncer(settings)?);
 
     // A refused host key or login will not heal by itself: stop now with a clear
@@ -106,9 +115,7 @@ pub async fn start(
     let wh = &settings.webhook;
     let verifier = Verifier::new(wh.secrets.clone(), wh.authorization.as_ref());
     if !verifier.is_enforcing() {
-        tracing::warn!(
-            "webhook.allow_unsigned = true: requests are accepted without any verification"
-        );
+        tracing::warn!("webhook.allow_unsigned = true: requests are accepted without any verification");
     }
     let intake = Arc::new(Intake {
         verifier: RwLock::new(Arc::new(verifier)),
@@ -121,23 +128,15 @@ pub async fn start(
     });
     let listener = tokio::net::TcpListener::bind(wh.listen)
         .await
-        .map_err(|source| ServeError::Bind {
-            addr: wh.listen,
-            source,
-        })?;
-    let webhook_addr = listener.local_addr().map_err(|source| ServeError::Bind {
-        addr: wh.listen,
-        source,
-    })?;
+        .map_err(|source| ServeError::Bind { addr: wh.listen, source })?;
+    let webhook_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: wh.listen, source })?;
     tracing::info!("webhook listening on http://{webhook_addr}{}", wh.path);
 
     let mut tasks = tokio::task::JoinSet::new();
     let stop = shutdown.clone();
-    let server = warp::serve(webhook::routes(intake.clone()))
-        .incoming(listener)
-        .graceful(async move {
-            stop.cancelled().await;
-        });
+    let server = warp::serve(webhook::routes(intake.clone())).incoming(listener).graceful(async move {
+        stop.cancelled().await;
+    });
     tasks.spawn(server.run());
     tasks.spawn(dispatch::run(
         journal.clone(),
@@ -146,11 +145,7 @@ pub async fn start(
         settings.mirror.concurrency.max(1),
         shutdown.clone(),
     ));
-    let (j, keep, stop) = (
-        journal.clone(),
-        settings.journal.keep_done,
-        shutdown.clone(),
-    );
+    let (j, keep, stop) = (journal.clone(), settings.journal.keep_done, shutdown.clone());
     tasks.spawn(async move {
         loop {
             match j.prune(now_ms() - keep.as_millis() as i64).await {
@@ -164,16 +159,59 @@ pub async fn start(
             }
         }
     });
+    let last_reconcile = Arc::new(std::sync::Mutex::new(None));
+    let rc = settings.reconcile.clone();
+    if rc.on_start || rc.interval.is_some() {
+        let (s, last, stop) = (syncer.clone(), last_reconcile.clone(), shutdown.clone());
+        let (ratio, conc) = (settings.mirror.max_delete_ratio, settings.mirror.concurrency);
+        tasks.spawn(async move {
+            let mut first = true;
+            loop {
+                if !first || rc.on_start {
+                    let pass = reconcile_pass(&s, ratio, conc);
+                    let outcome = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        o = pass => o,
+                    };
+                    *last.lock().expect("not poisoned") = Some(outcome);
+                }
+                first = false;
+                let Some(every) = rc.interval else { break };
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(every) => {}
+                }
+            }
+        });
+    }
     let handle = tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
-    Ok((
-        Running {
-            webhook_addr,
-            intake,
-            syncer,
-            journal,
-        },
-        handle,
-    ))
+    Ok((Running { webhook_addr, intake, syncer, journal, last_reconcile }, handle))
+}
+
+/// One reconcile pass inside the daemon, logged with its summary.
+async fn reconcile_pass(syncer: &Arc<Syncer>, ratio: f64, concurrency: usize) -> LastReconcile {
+    tracing::info!("reconcile pass starting");
+    let r =
+        reconcile::run(syncer, reconcile::Options::default(), ratio, concurrency, &reconcile::Quiet, &mut |_| {}).await;
+    let (ok, result) = match r {
+        Ok(s) => {
+            let line = format!(
+                "{} downloaded ({} bytes), {} dirs created, {} deleted, {} unchanged, {} failed, {:.2} s",
+                s.downloaded, s.bytes, s.dirs_created, s.deleted, s.unchanged, s.failed, s.seconds
+            );
+            if s.failed == 0 {
+                tracing::info!("reconcile pass done: {line}");
+            } else {
+                tracing::warn!("reconcile pass done with failures: {line}");
+            }
+            (s.failed == 0, line)
+        }
+        Err(e) => {
+            tracing::error!("reconcile pass failed: {e}");
+            (false, e.to_string())
+        }
+    };
+    LastReconcile { at_ms: now_ms(), ok, result }
 }
 
 /// Runs the daemon until `shutdown`, then drains.

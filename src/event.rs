@@ -111,39 +111,20 @@ impl Event {
             // serde_json's message names the line/column and the problem; keep it one line.
             EventError::Malformed(e.to_string().replace('\n', " "))
         })?;
-        let id = raw
-            .id
-            .filter(|s| !s.is_empty())
-            .ok_or(EventError::Missing("Id"))?;
+        let id = raw.id.filter(|s| !s.is_empty()).ok_or(EventError::Missing("Id"))?;
         if id.len() > MAX_ID_BYTES || id.chars().any(char::is_control) {
-            return Err(EventError::Malformed(
-                "Id is too long or has control characters".into(),
-            ));
+            return Err(EventError::Malformed("Id is too long or has control characters".into()));
         }
-        let topic = Topic::parse(
-            &raw.topic
-                .filter(|s| !s.is_empty())
-                .ok_or(EventError::Missing("Topic"))?,
-        );
+        let topic = Topic::parse(&raw.topic.filter(|s| !s.is_empty()).ok_or(EventError::Missing("Topic"))?);
         let created_at = raw.created_at.and_then(|v| v.as_i64());
         let path = if topic.is_file_event() {
-            let p = raw
-                .data
-                .and_then(|d| d.path)
-                .ok_or(EventError::Missing("Data.Path"))?;
-            let s = p
-                .as_str()
-                .ok_or(EventError::Malformed("Data.Path is not a string".into()))?;
+            let p = raw.data.and_then(|d| d.path).ok_or(EventError::Missing("Data.Path"))?;
+            let s = p.as_str().ok_or(EventError::Malformed("Data.Path is not a string".into()))?;
             Some(RemotePath::decode(s)?)
         } else {
             None
         };
-        Ok(Event {
-            id,
-            topic,
-            created_at,
-            path,
-        })
+        Ok(Event { id, topic, created_at, path })
     }
 }
 
@@ -166,8 +147,7 @@ impl RemotePath {
     /// [`EventError::UnsafePath`] for anything that is not a plain relative path.
     pub fn decode(wire: &str) -> Result<RemotePath, EventError> {
         let bytes: Vec<u8> = form_decode(wire.as_bytes());
-        let s = String::from_utf8(bytes)
-            .map_err(|_| EventError::UnsafePath("not valid UTF-8 after decoding"))?;
+        let s = String::from_utf8(bytes).map_err(|_| EventError::UnsafePath("not valid UTF-8 after decoding"))?;
         RemotePath::parse(&s)
     }
 
@@ -195,21 +175,14 @@ impl RemotePath {
             match c {
                 "" => return Err(EventError::UnsafePath("empty path component")),
                 "." | ".." => return Err(EventError::UnsafePath("'.' or '..' component")),
-                _ if c.len() > MAX_NAME_BYTES => {
-                    return Err(EventError::UnsafePath("path component too long"))
-                }
+                _ if c.len() > MAX_NAME_BYTES => return Err(EventError::UnsafePath("path component too long")),
                 _ if i == 0 && c == RESERVED_NAME => {
-                    return Err(EventError::UnsafePath(
-                        "path uses the reserved name .sftp-mirror",
-                    ))
+                    return Err(EventError::UnsafePath("path uses the reserved name .sftp-mirror"))
                 }
                 _ => {}
             }
         }
-        Ok(RemotePath {
-            rel: s.to_owned(),
-            is_dir,
-        })
+        Ok(RemotePath { rel: s.to_owned(), is_dir })
     }
 
     /// The relative path without leading or trailing `/` (`dir/file.txt`).
@@ -224,10 +197,7 @@ impl RemotePath {
 
     /// The same path, marked as a file or directory.
     pub fn with_dir(&self, is_dir: bool) -> RemotePath {
-        RemotePath {
-            rel: self.rel.clone(),
-            is_dir,
-        }
+        RemotePath { rel: self.rel.clone(), is_dir }
     }
 
     /// The path components.
@@ -245,8 +215,7 @@ impl RemotePath {
     pub fn overlaps(&self, other: &RemotePath) -> bool {
         let (a, b) = (self.rel.as_str(), other.rel.as_str());
         let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-        long.starts_with(short)
-            && (long.len() == short.len() || long.as_bytes()[short.len()] == b'/')
+        long.starts_with(short) && (long.len() == short.len() || long.as_bytes()[short.len()] == b'/')
     }
 
     /// The full path on the server under `root` (an absolute remote directory).
@@ -278,11 +247,7 @@ impl fmt::Display for RemotePath {
 pub fn join_remote(root: &str, rel: &str) -> String {
     let root = root.trim_end_matches('/');
     if rel.is_empty() {
-        return if root.is_empty() {
-            "/".into()
-        } else {
-            root.to_owned()
-        };
+        return if root.is_empty() { "/".into() } else { root.to_owned() };
     }
     format!("{root}/{rel}")
 }
@@ -290,10 +255,7 @@ pub fn join_remote(root: &str, rel: &str) -> String {
 /// `application/x-www-form-urlencoded` decoding: `+` → space, `%XX` → byte.
 /// A `%` not followed by two hex digits is kept literally, as browsers do.
 fn form_decode(input: &[u8]) -> Vec<u8> {
-    let plus_free: Vec<u8> = input
-        .iter()
-        .map(|&b| if b == b'+' { b' ' } else { b })
-        .collect();
+    let plus_free: Vec<u8> = input.iter().map(|&b| if b == b'+' { b' ' } else { b }).collect();
     percent_encoding::percent_decode(&plus_free).collect()
 }
 
@@ -306,20 +268,14 @@ mod tests {
     }
 
     fn bad(wire: &str) {
-        assert!(
-            matches!(RemotePath::decode(wire), Err(EventError::UnsafePath(_))),
-            "{wire:?} should be refused"
-        );
+        assert!(matches!(RemotePath::decode(wire), Err(EventError::UnsafePath(_))), "{wire:?} should be refused");
     }
 
     #[test]
     fn decodes_form_urlencoding() {
         assert_eq!(ok("dir/file1.txt").as_str(), "dir/file1.txt");
         assert_eq!(ok("my+report%2b1.pdf").as_str(), "my report+1.pdf");
-        assert_eq!(
-            ok("/caf%C3%A9/na%C3%AFve+file.txt").as_str(),
-            "café/naïve file.txt"
-        );
+        assert_eq!(ok("/caf%C3%A9/na%C3%AFve+file.txt").as_str(), "café/naïve file.txt");
         assert_eq!(ok("100%").as_str(), "100%");
     }
 
@@ -389,10 +345,7 @@ mod tests {
         assert_eq!((e.topic, e.path), (Topic::Ping, None));
 
         let dl = br#"{"Id":"x","Topic":"file.downloaded","Data":{"Path":"../../etc"}}"#;
-        assert_eq!(
-            Event::parse(dl).unwrap().topic,
-            Topic::Other("file.downloaded".into())
-        );
+        assert_eq!(Event::parse(dl).unwrap().topic, Topic::Other("file.downloaded".into()));
     }
 
     #[test]
@@ -405,7 +358,10 @@ mod tests {
             (br#"{"Id":"1","Topic":"file.deleted","Data":{"Path":5}}"#, "string"),
             (br#"{"Id":"1","Id":"2","Topic":"file.deleted","Data":{"Path":"a"}}"#, "duplicate"),
             (br#"{"Id":"1","Topic":"file.created","Data":{"Path":"a/../../b"}}"#, "unsafe"),
-            (br#"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"#, "malformed"),
+            (
+                br#"[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]"#,
+                "malformed",
+            ),
         ] {
             let err = Event::parse(body).unwrap_err().to_string();
             assert!(err.contains(what), "{err:?} should mention {what}");

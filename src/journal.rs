@@ -185,10 +185,7 @@ CREATE INDEX IF NOT EXISTS events_due ON events(status, next_at_ms, seq);
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 /// The delay before retry number `attempts` (1-based): exponential, capped,
@@ -207,10 +204,8 @@ impl Journal {
     /// When the folder cannot be created or SQLite cannot open or migrate the file.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| JournalError::Io {
-                path: dir.display().to_string(),
-                source,
-            })?;
+            std::fs::create_dir_all(dir)
+                .map_err(|source| JournalError::Io { path: dir.display().to_string(), source })?;
         }
         let conn = Connection::open(path)?;
         // WAL + FULL: every commit is fsynced before we answer 204; readers never block the writer.
@@ -226,10 +221,7 @@ impl Journal {
         std::thread::Builder::new()
             .name("journal".into())
             .spawn(move || run(conn, rx))
-            .map_err(|source| JournalError::Io {
-                path: "journal thread".into(),
-                source,
-            })?;
+            .map_err(|source| JournalError::Io { path: "journal thread".into(), source })?;
         Ok(Journal { tx })
     }
 
@@ -313,9 +305,7 @@ impl Journal {
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
             };
-            let mut up = c.prepare_cached(
-                "UPDATE events SET status = 'running', updated_ms = ?2 WHERE seq = ?1",
-            )?;
+            let mut up = c.prepare_cached("UPDATE events SET status = 'running', updated_ms = ?2 WHERE seq = ?1")?;
             for j in &jobs {
                 up.execute(params![j.seq, now])?;
             }
@@ -373,9 +363,8 @@ impl Journal {
     /// On a database error.
     pub async fn release(&self, seqs: Vec<i64>) -> Result<(), JournalError> {
         self.call(move |c| {
-            let mut st = c.prepare_cached(
-                "UPDATE events SET status = 'pending' WHERE seq = ?1 AND status = 'running'",
-            )?;
+            let mut st =
+                c.prepare_cached("UPDATE events SET status = 'pending' WHERE seq = ?1 AND status = 'running'")?;
             for s in seqs {
                 st.execute(params![s])?;
             }
@@ -389,25 +378,15 @@ impl Journal {
     /// # Errors
     /// On a database error.
     pub async fn next_due_ms(&self) -> Result<Option<i64>, JournalError> {
-        self.call(|c| {
-            c.query_row(
-                "SELECT MIN(next_at_ms) FROM events WHERE status = 'pending'",
-                [],
-                |r| r.get(0),
-            )
-        })
-        .await
+        self.call(|c| c.query_row("SELECT MIN(next_at_ms) FROM events WHERE status = 'pending'", [], |r| r.get(0)))
+            .await
     }
 
     /// Rows, newest first, optionally of one status.
     ///
     /// # Errors
     /// On a database error.
-    pub async fn list(
-        &self,
-        status: Option<Status>,
-        limit: usize,
-    ) -> Result<Vec<EventRow>, JournalError> {
+    pub async fn list(&self, status: Option<Status>, limit: usize) -> Result<Vec<EventRow>, JournalError> {
         self.call(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT seq, event_id, topic, path, received_ms, status, attempts, last_error, next_at_ms
@@ -477,9 +456,7 @@ impl Journal {
     pub async fn counts(&self) -> Result<Vec<(Status, u64)>, JournalError> {
         self.call(|c| {
             let mut st = c.prepare_cached("SELECT status, COUNT(*) FROM events GROUP BY status")?;
-            let rows = st.query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64))
-            })?;
+            let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
             let mut out = Vec::new();
             for row in rows {
                 let (s, n) = row?;
@@ -560,14 +537,8 @@ mod tests {
         assert_eq!(j.record(ping).await.unwrap(), Recorded::Ignored);
 
         let jobs = j.claim(10).await.unwrap();
-        assert_eq!(
-            jobs.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(),
-            ["a", "b"]
-        );
-        assert!(
-            j.claim(10).await.unwrap().is_empty(),
-            "running rows are not claimed twice"
-        );
+        assert_eq!(jobs.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+        assert!(j.claim(10).await.unwrap().is_empty(), "running rows are not claimed twice");
         j.complete(vec![jobs[0].seq]).await.unwrap();
         // A duplicate of a done event is not queued again.
         assert_eq!(j.record(ev("a", "x")).await.unwrap(), Recorded::Duplicate);
@@ -587,17 +558,11 @@ mod tests {
         j.record(ev("a", "x")).await.unwrap();
         let seq = j.claim(1).await.unwrap()[0].seq;
         j.fail(vec![seq], "disk full".into()).await.unwrap();
-        assert!(
-            j.claim(1).await.unwrap().is_empty(),
-            "backoff delays the retry"
-        );
+        assert!(j.claim(1).await.unwrap().is_empty(), "backoff delays the retry");
         let due = j.next_due_ms().await.unwrap().unwrap();
         assert!(due > now_ms() && due <= now_ms() + 1000);
         let row = &j.list(Some(Status::Pending), 10).await.unwrap()[0];
-        assert_eq!(
-            (row.attempts, row.last_error.as_deref()),
-            (1, Some("disk full"))
-        );
+        assert_eq!((row.attempts, row.last_error.as_deref()), (1, Some("disk full")));
 
         for _ in 1..MAX_ATTEMPTS {
             j.fail(vec![seq], "still".into()).await.unwrap();

@@ -5,6 +5,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sftp_mirror::config::{LogFormat, Secret, Settings};
 use sftp_mirror::journal::{Journal, Status};
+use sftp_mirror::remote::RemoteError;
+use sftp_mirror::sync::reconcile;
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
@@ -34,6 +36,21 @@ struct Cli {
 enum Command {
     /// Run the daemon: webhook listener, journal, workers.
     Serve,
+    /// One pass: make the mirror equal the remote, then exit.
+    Reconcile {
+        /// Print the plan only; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Never delete local entries in this pass.
+        #[arg(long)]
+        no_delete: bool,
+        /// Proceed even when the delete guard (mirror.max_delete_ratio) trips.
+        #[arg(long)]
+        force: bool,
+        /// Print the summary as one JSON object (and no plan lines).
+        #[arg(long)]
+        json: bool,
+    },
     /// The journal: received events and what became of them.
     Events {
         /// Only this status: pending, running, done, failed, ignored.
@@ -73,16 +90,16 @@ struct Failure {
 
 impl Failure {
     fn new(code: u8, error: impl Into<anyhow::Error>) -> Failure {
-        Failure {
-            code,
-            error: error.into(),
-        }
+        Failure { code, error: error.into() }
     }
 }
 
 const EXIT_FAILED: u8 = 1;
 const EXIT_CONFIG: u8 = 2;
+const EXIT_GUARD: u8 = 3;
 const EXIT_ACCESS: u8 = 4;
+/// Plan lines printed before a real pass ("… and N more" after that).
+const PLAN_LINES: usize = 20;
 
 fn config_path(cli: &Cli) -> Option<PathBuf> {
     cli.config.clone().or_else(|| {
@@ -103,11 +120,8 @@ fn init_logging(cli: &Cli, format: LogFormat) {
         (false, 1) => "sftp_mirror=debug,info",
         _ => "sftp_mirror=trace,debug",
     };
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),
@@ -117,14 +131,13 @@ fn init_logging(cli: &Cli, format: LogFormat) {
 /// SIGTERM or SIGINT cancels the token.
 fn on_signals(token: CancellationToken) {
     tokio::spawn(async move {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::error!("cannot watch SIGTERM: {e}");
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!("cannot watch SIGTERM: {e}");
+                return;
+            }
+        };
         tokio::select! {
             _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
@@ -140,45 +153,37 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             init_logging(&cli, settings.log.format);
             let token = CancellationToken::new();
             on_signals(token.clone());
-            sftp_mirror::daemon::serve(&settings, token)
-                .await
-                .map_err(|e| {
-                    let code = match e {
-                        sftp_mirror::daemon::ServeError::Access(_) => EXIT_ACCESS,
-                        sftp_mirror::daemon::ServeError::Bind { .. } => EXIT_CONFIG,
-                        _ => EXIT_FAILED,
-                    };
-                    Failure::new(code, e)
-                })?;
+            sftp_mirror::daemon::serve(&settings, token).await.map_err(|e| {
+                let code = match e {
+                    sftp_mirror::daemon::ServeError::Access(_) => EXIT_ACCESS,
+                    sftp_mirror::daemon::ServeError::Bind { .. } => EXIT_CONFIG,
+                    _ => EXIT_FAILED,
+                };
+                Failure::new(code, e)
+            })?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Events {
-            status,
-            limit,
-            json,
-        } => {
+        Command::Reconcile { dry_run, no_delete, force, json } => {
+            let settings = load(&cli)?;
+            init_logging(&cli, settings.log.format);
+            let opts = reconcile::Options { dry_run: *dry_run, no_delete: *no_delete, force: *force };
+            reconcile_command(&settings, opts, *json, cli.verbose > 0).await
+        }
+        Command::Events { status, limit, json } => {
             let settings = load(&cli)?;
             let status = match status {
                 None => None,
                 Some(s) => Some(Status::parse(s).ok_or_else(|| {
                     Failure::new(
                         EXIT_CONFIG,
-                        anyhow::anyhow!(
-                            "--status {s:?}: expected pending, running, done, failed or ignored"
-                        ),
+                        anyhow::anyhow!("--status {s:?}: expected pending, running, done, failed or ignored"),
                     )
                 })?),
             };
             let journal = open_journal(&settings)?;
-            let rows = journal
-                .list(status, *limit)
-                .await
-                .map_err(|e| Failure::new(EXIT_FAILED, e))?;
+            let rows = journal.list(status, *limit).await.map_err(|e| Failure::new(EXIT_FAILED, e))?;
             if *json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&rows).expect("rows serialize")
-                );
+                println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
             } else {
                 println!(
                     "{:<36} {:<13} {:<8} {:>3} {:<24} PATH / LAST ERROR",
@@ -186,8 +191,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 );
                 for r in rows {
                     let received = humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + std::time::Duration::from_millis(r.received_ms.max(0) as u64),
+                        std::time::UNIX_EPOCH + std::time::Duration::from_millis(r.received_ms.max(0) as u64),
                     );
                     let mut tail = r.path.unwrap_or_default();
                     if let Some(e) = r.last_error {
@@ -214,10 +218,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 .map_err(|e| Failure::new(EXIT_FAILED, e))?;
             println!("{n} event(s) queued again; a running daemon picks them up within 30 s");
             if !*failed && n < ids.len() {
-                eprintln!(
-                    "{} id(s) were not failed events and were left as they are",
-                    ids.len() - n
-                );
+                eprintln!("{} id(s) were not failed events and were left as they are", ids.len() - n);
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -231,28 +232,17 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 }
                 None => {
                     let env: HashMap<String, String> = std::env::vars().collect();
-                    let secrets =
-                        Settings::load_webhook_secrets(config_path(&cli).as_deref(), &env)
-                            .map_err(|e| {
-                                Failure::new(
-                                    EXIT_CONFIG,
-                                    anyhow::anyhow!("invalid configuration:\n{e}"),
-                                )
-                            })?;
+                    let secrets = Settings::load_webhook_secrets(config_path(&cli).as_deref(), &env)
+                        .map_err(|e| Failure::new(EXIT_CONFIG, anyhow::anyhow!("invalid configuration:\n{e}")))?;
                     secrets.into_iter().next().ok_or_else(|| {
-                        Failure::new(
-                            EXIT_CONFIG,
-                            anyhow::anyhow!("no webhook secret configured; pass --secret-file"),
-                        )
+                        Failure::new(EXIT_CONFIG, anyhow::anyhow!("no webhook secret configured; pass --secret-file"))
                     })?
                 }
             };
             let mut body = Vec::new();
             match file.as_deref() {
                 None => std::io::stdin().read_to_end(&mut body).map(|_| ()),
-                Some(p) if p.as_os_str() == "-" => {
-                    std::io::stdin().read_to_end(&mut body).map(|_| ())
-                }
+                Some(p) if p.as_os_str() == "-" => std::io::stdin().read_to_end(&mut body).map(|_| ()),
                 Some(p) => std::fs::read(p).map(|b| body = b),
             }
             .context("cannot read the body")
@@ -261,6 +251,138 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// A progress bar on a terminal; nothing otherwise (logs carry the story).
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Bar {
+    fn new() -> Bar {
+        use std::io::IsTerminal;
+        Bar(std::io::stderr().is_terminal().then(|| {
+            let b = indicatif::ProgressBar::new_spinner();
+            b.set_message("listing");
+            b
+        }))
+    }
+}
+
+impl reconcile::Progress for Bar {
+    fn listed(&self, entries: u64) {
+        if let Some(b) = &self.0 {
+            b.set_message(format!("listing: {entries} remote entries"));
+            b.tick();
+        }
+    }
+    fn executing(&self, ops: u64) {
+        if let Some(b) = &self.0 {
+            b.set_length(ops);
+            b.set_position(0);
+            b.set_style(
+                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
+                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            );
+            b.set_message("applying");
+        }
+    }
+    fn done_one(&self, _op: &reconcile::Op, _ok: bool) {
+        if let Some(b) = &self.0 {
+            b.inc(1);
+        }
+    }
+}
+
+async fn reconcile_command(
+    settings: &Settings,
+    opts: reconcile::Options,
+    json: bool,
+    verbose: bool,
+) -> Result<ExitCode, Failure> {
+    let syncer = std::sync::Arc::new(sftp_mirror::daemon::syncer(settings).map_err(|e| Failure::new(EXIT_FAILED, e))?);
+    if let Err(e) = syncer.remote.conn().await {
+        return Err(Failure::new(EXIT_ACCESS, e));
+    }
+    let bar = Bar::new();
+    let mut print_plan = |plan: &reconcile::Plan| {
+        if let Some(b) = &bar.0 {
+            b.suspend(|| {});
+        }
+        if json {
+            return;
+        }
+        let limit = if opts.dry_run || verbose { usize::MAX } else { PLAN_LINES };
+        println!(
+            "plan: {} change(s), {} unchanged ({} remote entries, {} local)",
+            plan.ops.len(),
+            plan.unchanged,
+            plan.remote_entries,
+            plan.local_entries
+        );
+        for op in plan.ops.iter().take(limit) {
+            println!("  {}", op.describe());
+        }
+        if plan.ops.len() > limit {
+            println!("  … and {} more (--dry-run or -v lists all)", plan.ops.len() - limit);
+        }
+    };
+    let r = reconcile::run(
+        &syncer,
+        opts,
+        settings.mirror.max_delete_ratio,
+        settings.mirror.concurrency,
+        &bar,
+        &mut print_plan,
+    )
+    .await;
+    if let Some(b) = &bar.0 {
+        b.finish_and_clear();
+    }
+    let summary = match r {
+        Ok(s) => s,
+        Err(e @ reconcile::ReconcileError::DeleteGuard { .. }) => return Err(Failure::new(EXIT_GUARD, e)),
+        Err(reconcile::ReconcileError::Remote(e)) => {
+            let code = match &e {
+                RemoteError::Status { code: russh_sftp::protocol::StatusCode::NoSuchFile, .. } => {
+                    return Err(Failure::new(
+                        EXIT_CONFIG,
+                        anyhow::anyhow!(
+                            "sftp.remote_root {:?} does not exist on the server ({e})",
+                            settings.sftp.remote_root
+                        ),
+                    ))
+                }
+                RemoteError::Status { .. } | RemoteError::Unstable { .. } => EXIT_FAILED,
+                _ => EXIT_ACCESS,
+            };
+            return Err(Failure::new(code, e));
+        }
+        Err(e) => return Err(Failure::new(EXIT_FAILED, e)),
+    };
+    if json {
+        println!("{}", serde_json::to_string(&summary).expect("summary serializes"));
+    } else {
+        println!("{}", summary_line(&summary));
+        for e in &summary.errors {
+            println!("  failed: {e}");
+        }
+    }
+    Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
+}
+
+fn summary_line(s: &reconcile::Summary) -> String {
+    format!(
+        "{}{} file(s) downloaded ({} bytes), {} director{} created, {} entr{} deleted, {} unchanged, {} failed, {:.2} s",
+        if s.dry_run { "dry run, nothing changed: would have " } else { "" },
+        s.downloaded,
+        s.bytes,
+        s.dirs_created,
+        if s.dirs_created == 1 { "y" } else { "ies" },
+        s.deleted,
+        if s.deleted == 1 { "y" } else { "ies" },
+        s.unchanged,
+        s.failed,
+        s.seconds
+    )
 }
 
 fn open_journal(settings: &Settings) -> Result<Journal, Failure> {

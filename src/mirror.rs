@@ -112,29 +112,19 @@ impl Mirror {
     pub fn open(path: &Path) -> Result<Mirror, MirrorError> {
         let p = path.display().to_string();
         std::fs::create_dir_all(path).map_err(err("create mirror folder", &p))?;
-        let root = Dir::open_ambient_dir(path, cap_std::ambient_authority())
-            .map_err(err("open mirror folder", &p))?;
+        let root = Dir::open_ambient_dir(path, cap_std::ambient_authority()).map_err(err("open mirror folder", &p))?;
         match root.symlink_metadata(RESERVED_NAME) {
-            Ok(m) if !m.is_dir() => root
-                .remove_file(RESERVED_NAME)
-                .map_err(err("replace", RESERVED_NAME))?,
+            Ok(m) if !m.is_dir() => root.remove_file(RESERVED_NAME).map_err(err("replace", RESERVED_NAME))?,
             _ => {}
         }
         match root.symlink_metadata(STAGING) {
-            Ok(m) if m.is_dir() => root
-                .remove_dir_all(STAGING)
-                .map_err(err("clean", STAGING))?,
+            Ok(m) if m.is_dir() => root.remove_dir_all(STAGING).map_err(err("clean", STAGING))?,
             Ok(_) => root.remove_file(STAGING).map_err(err("clean", STAGING))?,
             Err(_) => {}
         }
-        root.create_dir_all(STAGING)
-            .map_err(err("create", STAGING))?;
+        root.create_dir_all(STAGING).map_err(err("create", STAGING))?;
         let staging = root.open_dir(STAGING).map_err(err("open", STAGING))?;
-        Ok(Mirror {
-            root,
-            staging,
-            path: path.to_owned(),
-        })
+        Ok(Mirror { root, staging, path: path.to_owned() })
     }
 
     /// The mirror folder on disk.
@@ -157,6 +147,17 @@ impl Mirror {
             return Ok(None);
         }
         self.lstat(rel.as_str())
+    }
+
+    /// Whether `rel` (`None` = the root) is a real directory reachable without symlinks.
+    ///
+    /// # Errors
+    /// On an I/O error other than "not there".
+    pub fn stat_dir(&self, rel: Option<&RemotePath>) -> Result<bool, MirrorError> {
+        match rel {
+            None => Ok(true),
+            Some(r) => Ok(self.stat(r)?.is_some_and(|e| e.kind == LocalKind::Dir)),
+        }
     }
 
     fn lstat(&self, rel: &str) -> Result<Option<LocalEntry>, MirrorError> {
@@ -190,10 +191,7 @@ impl Mirror {
     fn ensure_dir_at(&self, rel: &str) -> Result<bool, MirrorError> {
         match self.lstat(rel)? {
             Some(e) if e.kind == LocalKind::Dir => return Ok(false),
-            Some(_) => self
-                .root
-                .remove_file(rel)
-                .map_err(err("replace with a directory", rel))?,
+            Some(_) => self.root.remove_file(rel).map_err(err("replace with a directory", rel))?,
             None => {}
         }
         match self.root.create_dir(rel) {
@@ -249,26 +247,16 @@ impl Mirror {
     ///
     /// # Errors
     /// On an I/O error; the staging file is then removed.
-    pub fn commit(
-        &self,
-        mut staged: Staging,
-        rel: &RemotePath,
-        mtime: u64,
-    ) -> Result<(), MirrorError> {
+    pub fn commit(&self, mut staged: Staging, rel: &RemotePath, mtime: u64) -> Result<(), MirrorError> {
         let r = rel.as_str();
         let f = staged.file();
-        f.set_modified(UNIX_EPOCH + Duration::from_secs(mtime))
-            .map_err(err("set mtime", r))?;
+        f.set_modified(UNIX_EPOCH + Duration::from_secs(mtime)).map_err(err("set mtime", r))?;
         f.sync_all().map_err(err("fsync", r))?;
         self.ensure_ancestors(r)?;
         if let Some(LocalKind::Dir) = self.lstat(r)?.map(|e| e.kind) {
-            self.root
-                .remove_dir_all(r)
-                .map_err(err("replace directory", r))?;
+            self.root.remove_dir_all(r).map_err(err("replace directory", r))?;
         }
-        self.staging
-            .rename(&staged.name, &self.root, r)
-            .map_err(err("rename into place", r))?;
+        self.staging.rename(&staged.name, &self.root, r).map_err(err("rename into place", r))?;
         staged.committed = true;
         self.sync_parent(r)
     }
@@ -280,13 +268,8 @@ impl Mirror {
         let mut opts = OpenOptions::new();
         opts.read(true);
         opts.maybe_dir(true);
-        let dir = self
-            .root
-            .open_with(parent, &opts)
-            .map_err(err("open", parent))?;
-        dir.into_std()
-            .sync_all()
-            .map_err(err("fsync directory of", rel))
+        let dir = self.root.open_with(parent, &opts).map_err(err("open", parent))?;
+        dir.into_std().sync_all().map_err(err("fsync directory of", rel))
     }
 
     /// Removes `rel` (a file, a symlink, or a whole directory tree, never
@@ -315,13 +298,8 @@ impl Mirror {
     ///
     /// # Errors
     /// On an I/O error.
-    pub fn list_dir(
-        &self,
-        rel: Option<&RemotePath>,
-    ) -> Result<Vec<(String, LocalEntry)>, MirrorError> {
-        let shown = rel
-            .map(|r| r.as_str().to_owned())
-            .unwrap_or_else(|| ".".into());
+    pub fn list_dir(&self, rel: Option<&RemotePath>) -> Result<Vec<(String, LocalEntry)>, MirrorError> {
+        let shown = rel.map(|r| r.as_str().to_owned()).unwrap_or_else(|| ".".into());
         let dir = match rel {
             Some(r) => self.root.open_dir(r.as_str()),
             None => self.root.try_clone(),
@@ -362,20 +340,14 @@ fn entry_of(m: &cap_std::fs::Metadata) -> LocalEntry {
         .ok()
         .and_then(|t| t.into_std().duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    LocalEntry {
-        kind,
-        size: m.len(),
-        mtime,
-    }
+    LocalEntry { kind, size: m.len(), mtime }
 }
 
 /// "Not there", including "a component on the way is not a directory" and
 /// cap-std's refusal to leave the mirror through a symlink.
 fn gone(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::NotFound | io::ErrorKind::NotADirectory
-    ) || e.raw_os_error() == Some(20 /* ENOTDIR */)
+    matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
+        || e.raw_os_error() == Some(20 /* ENOTDIR */)
 }
 
 /// `a/b/c` → `a`, `a/b`.
@@ -403,15 +375,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = Mirror::open(dir.path()).unwrap();
         store(&m, "a/b/c.txt", b"hello", 1_600_000_000);
-        assert_eq!(
-            std::fs::read(dir.path().join("a/b/c.txt")).unwrap(),
-            b"hello"
-        );
+        assert_eq!(std::fs::read(dir.path().join("a/b/c.txt")).unwrap(), b"hello");
         let e = m.stat(&p("a/b/c.txt")).unwrap().unwrap();
-        assert_eq!(
-            (e.kind, e.size, e.mtime),
-            (LocalKind::File, 5, 1_600_000_000)
-        );
+        assert_eq!((e.kind, e.size, e.mtime), (LocalKind::File, 5, 1_600_000_000));
         assert_eq!(std::fs::read_dir(m.staging_path()).unwrap().count(), 0);
     }
 
@@ -435,46 +401,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let m = Mirror::open(dir.path()).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("link")).unwrap();
-        std::os::unix::fs::symlink(outside.path().join("victim"), dir.path().join("flink"))
-            .unwrap();
+        std::os::unix::fs::symlink(outside.path().join("victim"), dir.path().join("flink")).unwrap();
 
         // Reading through the link sees nothing; deleting through it deletes nothing outside.
         assert_eq!(m.stat(&p("link/victim")).unwrap(), None);
         assert_eq!(m.remove(&p("link/victim")).unwrap(), None);
-        assert_eq!(
-            std::fs::read(outside.path().join("victim")).unwrap(),
-            b"keep"
-        );
+        assert_eq!(std::fs::read(outside.path().join("victim")).unwrap(), b"keep");
 
         // Writing below the link replaces the link by a real directory.
         store(&m, "link/victim", b"mirror", 5);
         assert!(dir.path().join("link").symlink_metadata().unwrap().is_dir());
-        assert_eq!(
-            std::fs::read(outside.path().join("victim")).unwrap(),
-            b"keep"
-        );
+        assert_eq!(std::fs::read(outside.path().join("victim")).unwrap(), b"keep");
 
         // Writing over a file symlink replaces the link itself.
         store(&m, "flink", b"mine", 5);
-        assert!(dir
-            .path()
-            .join("flink")
-            .symlink_metadata()
-            .unwrap()
-            .is_file());
-        assert_eq!(
-            std::fs::read(outside.path().join("victim")).unwrap(),
-            b"keep"
-        );
+        assert!(dir.path().join("flink").symlink_metadata().unwrap().is_file());
+        assert_eq!(std::fs::read(outside.path().join("victim")).unwrap(), b"keep");
 
         // Removing a tree that contains a link to outside removes the link only.
         std::fs::create_dir(dir.path().join("tree")).unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("tree/out")).unwrap();
         assert_eq!(m.remove(&p("tree")).unwrap(), Some(LocalKind::Dir));
-        assert_eq!(
-            std::fs::read(outside.path().join("victim")).unwrap(),
-            b"keep"
-        );
+        assert_eq!(std::fs::read(outside.path().join("victim")).unwrap(), b"keep");
     }
 
     #[test]

@@ -36,17 +36,9 @@ pub struct Downloaded {
 /// # Errors
 /// A [`RemoteError`] on a server error, a lost connection, repeated timeouts,
 /// or a local write error (reported as a transport-neutral status).
-pub async fn download(
-    conn: &Conn,
-    path: &str,
-    size: u64,
-    out: &std::fs::File,
-) -> Result<Downloaded, LocalOrRemote> {
+pub async fn download(conn: &Conn, path: &str, size: u64, out: &std::fs::File) -> Result<Downloaded, LocalOrRemote> {
     if size == 0 {
-        return Ok(Downloaded {
-            bytes: 0,
-            complete: true,
-        });
+        return Ok(Downloaded { bytes: 0, complete: true });
     }
     let sftp = &conn.sftp;
     let handle = sftp
@@ -55,9 +47,8 @@ pub async fn download(
         .map_err(|e| RemoteError::from_sftp(path, e))?
         .handle;
     let chunk = u64::from(conn.read_len.max(1));
-    let mut todo: VecDeque<(u64, u32)> = (0..size.div_ceil(chunk))
-        .map(|i| (i * chunk, (size - i * chunk).min(chunk) as u32))
-        .collect();
+    let mut todo: VecDeque<(u64, u32)> =
+        (0..size.div_ceil(chunk)).map(|i| (i * chunk, (size - i * chunk).min(chunk) as u32)).collect();
     let mut window = MAX_IN_FLIGHT;
     let mut timeouts = 0;
     let mut written = 0u64;
@@ -91,25 +82,16 @@ pub async fn download(
                 }
             }
             Ok(_) => eof_at = Some(eof_at.map_or(off, |e| e.min(off))),
-            Err(russh_sftp::client::error::Error::Status(s))
-                if s.status_code == StatusCode::Eof =>
-            {
+            Err(russh_sftp::client::error::Error::Status(s)) if s.status_code == StatusCode::Eof => {
                 eof_at = Some(eof_at.map_or(off, |e| e.min(off)));
             }
             Err(russh_sftp::client::error::Error::Timeout) => {
                 timeouts += 1;
                 if timeouts > MAX_TIMEOUTS_IN_A_ROW {
-                    break Err(RemoteError::Timeout {
-                        path: path.to_owned(),
-                    }
-                    .into());
+                    break Err(RemoteError::Timeout { path: path.to_owned() }.into());
                 }
                 window = (window / 2).max(1);
-                tracing::debug!(
-                    path,
-                    window,
-                    "READ timed out; asking again with a smaller window"
-                );
+                tracing::debug!(path, window, "READ timed out; asking again with a smaller window");
                 todo.push_front((off, len));
             }
             Err(e) => break Err(RemoteError::from_sftp(path, e).into()),
@@ -121,10 +103,7 @@ pub async fn download(
         let _ = sftp.close(handle).await;
     }
     result?;
-    Ok(Downloaded {
-        bytes: written,
-        complete: eof_at.is_none(),
-    })
+    Ok(Downloaded { bytes: written, complete: eof_at.is_none() })
 }
 
 /// A download failed on our side (disk) or the server's.

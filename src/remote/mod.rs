@@ -125,24 +125,17 @@ impl RemoteError {
 
     /// Whether the connection should be dropped and re-established.
     pub fn is_transport(&self) -> bool {
-        matches!(
-            self,
-            RemoteError::Transport(_) | RemoteError::Timeout { .. }
-        )
+        matches!(self, RemoteError::Transport(_) | RemoteError::Timeout { .. })
     }
 
     /// Maps a russh-sftp error for `path`.
     pub(crate) fn from_sftp(path: &str, e: russh_sftp::client::error::Error) -> RemoteError {
         use russh_sftp::client::error::Error as E;
         match e {
-            E::Status(s) => RemoteError::Status {
-                path: path.to_owned(),
-                code: s.status_code,
-                message: s.error_message,
-            },
-            E::Timeout => RemoteError::Timeout {
-                path: path.to_owned(),
-            },
+            E::Status(s) => {
+                RemoteError::Status { path: path.to_owned(), code: s.status_code, message: s.error_message }
+            }
+            E::Timeout => RemoteError::Timeout { path: path.to_owned() },
             // A dead session only shows up as a string: "session closed", "sender dropped", I/O.
             other => RemoteError::Transport(format!("{path}: {other}")),
         }
@@ -181,10 +174,6 @@ impl RemoteEntry {
         } else {
             RemoteKind::Other
         };
-        RemoteEntry {
-            kind,
-            size: a.size.unwrap_or(0),
-            mtime: u64::from(a.mtime.unwrap_or(0)),
-        }
+        RemoteEntry { kind, size: a.size.unwrap_or(0), mtime: u64::from(a.mtime.unwrap_or(0)) }
     }
 }

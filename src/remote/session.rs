@@ -58,10 +58,7 @@ impl Conn {
         match self.sftp.lstat(path).await {
             Ok(a) => Ok(Some(RemoteEntry::from_attrs(&a.attrs))),
             Err(e) => match RemoteError::from_sftp(path, e) {
-                RemoteError::Status {
-                    code: StatusCode::NoSuchFile,
-                    ..
-                } => Ok(None),
+                RemoteError::Status { code: StatusCode::NoSuchFile, .. } => Ok(None),
                 other => Err(other),
             },
         }
@@ -86,10 +83,7 @@ pub(crate) struct Client {
 impl client::Handler for Client {
     type Error = russh::Error;
 
-    async fn check_server_key(
-        &mut self,
-        key: &PublicKeyOrCertificate,
-    ) -> Result<bool, Self::Error> {
+    async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
         let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
             // No CA is configured, so a certificate proves nothing to us.
             return Ok(false);
@@ -98,11 +92,7 @@ impl client::Handler for Client {
         let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
         let algorithm = key.algorithm().to_string();
         let verdict = match &self.policy {
-            None => Some(RemoteError::HostKeyUnknown {
-                addr,
-                fingerprint,
-                algorithm,
-            }),
+            None => Some(RemoteError::HostKeyUnknown { addr, fingerprint, algorithm }),
             Some(HostKeyPolicy::Fingerprints(pins)) => {
                 if pins.iter().any(|p| p == &fingerprint) {
                     None
@@ -118,23 +108,14 @@ impl client::Handler for Client {
             Some(HostKeyPolicy::KnownHosts(path)) => {
                 match russh::keys::check_known_hosts_path(&self.host, self.port, key, path) {
                     Ok(true) => None,
-                    Ok(false) => Some(RemoteError::HostKeyUnknown {
+                    Ok(false) => Some(RemoteError::HostKeyUnknown { addr, fingerprint, algorithm }),
+                    Err(russh::keys::Error::KeyChanged { line }) => Some(RemoteError::HostKeyMismatch {
                         addr,
                         fingerprint,
                         algorithm,
+                        recorded: format!("in {} line {line}", path.display()),
                     }),
-                    Err(russh::keys::Error::KeyChanged { line }) => {
-                        Some(RemoteError::HostKeyMismatch {
-                            addr,
-                            fingerprint,
-                            algorithm,
-                            recorded: format!("in {} line {line}", path.display()),
-                        })
-                    }
-                    Err(e) => Some(RemoteError::Connect {
-                        addr,
-                        reason: format!("reading {}: {e}", path.display()),
-                    }),
+                    Err(e) => Some(RemoteError::Connect { addr, reason: format!("reading {}: {e}", path.display()) }),
                 }
             }
         };
@@ -184,11 +165,7 @@ fn client_config(s: &SftpSettings) -> client::Config {
         window_size: WINDOW_SIZE,
         keepalive_interval: Some(s.keepalive),
         keepalive_max: KEEPALIVE_MAX,
-        preferred: russh::Preferred {
-            cipher: Cow::Borrowed(CIPHERS),
-            key: key_order(s),
-            ..russh::Preferred::DEFAULT
-        },
+        preferred: russh::Preferred { cipher: Cow::Borrowed(CIPHERS), key: key_order(s), ..russh::Preferred::DEFAULT },
         ..Default::default()
     }
 }
@@ -201,28 +178,13 @@ async fn handshake(
 ) -> (Result<Handle<Client>, RemoteError>, Option<PublicKey>) {
     let addr = format!("{}:{}", s.host, s.port);
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let handler = Client {
-        policy,
-        host: s.host.clone(),
-        port: s.port,
-        seen: seen.clone(),
-    };
-    let connect = client::connect(
-        Arc::new(client_config(s)),
-        (s.host.as_str(), s.port),
-        handler,
-    );
+    let handler = Client { policy, host: s.host.clone(), port: s.port, seen: seen.clone() };
+    let connect = client::connect(Arc::new(client_config(s)), (s.host.as_str(), s.port), handler);
     let r = tokio::time::timeout(s.timeout, connect).await;
     let mut seen = seen.lock().expect("not poisoned");
     let r = match r {
-        Err(_) => Err(RemoteError::Connect {
-            addr,
-            reason: format!("no SSH handshake within {:?}", s.timeout),
-        }),
-        Ok(Err(e)) => Err(seen.verdict.take().unwrap_or(RemoteError::Connect {
-            addr,
-            reason: e.to_string(),
-        })),
+        Err(_) => Err(RemoteError::Connect { addr, reason: format!("no SSH handshake within {:?}", s.timeout) }),
+        Ok(Err(e)) => Err(seen.verdict.take().unwrap_or(RemoteError::Connect { addr, reason: e.to_string() })),
         Ok(Ok(h)) => Ok(h),
     };
     (r, seen.key.take())
@@ -236,81 +198,46 @@ async fn open_ssh(s: &SftpSettings) -> Result<Handle<Client>, RemoteError> {
         match &s.auth {
             SftpAuth::Password(pw) => handle.authenticate_password(&s.username, pw.expose()).await,
             SftpAuth::PrivateKey { path, passphrase } => {
-                let key =
-                    russh::keys::load_secret_key(path, passphrase.as_ref().map(|p| p.expose()))
-                        .map_err(|e| russh::Error::Keys(e));
+                let key = russh::keys::load_secret_key(path, passphrase.as_ref().map(|p| p.expose()))
+                    .map_err(|e| russh::Error::Keys(e));
                 let key = match key {
                     Ok(k) => k,
                     Err(e) => return Err(e),
                 };
                 let hash = handle.best_supported_rsa_hash().await?.flatten();
-                handle
-                    .authenticate_publickey(
-                        &s.username,
-                        PrivateKeyWithHashAlg::new(Arc::new(key), hash),
-                    )
-                    .await
+                handle.authenticate_publickey(&s.username, PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await
             }
         }
     };
     let result = match tokio::time::timeout(s.timeout, auth).await {
-        Err(_) => {
-            return Err(RemoteError::Connect {
-                addr,
-                reason: "login timed out".into(),
-            })
-        }
+        Err(_) => return Err(RemoteError::Connect { addr, reason: "login timed out".into() }),
         Ok(Err(russh::Error::Keys(e))) => {
             let path = match &s.auth {
                 SftpAuth::PrivateKey { path, .. } => path.display().to_string(),
                 SftpAuth::Password(_) => String::new(),
             };
-            return Err(RemoteError::Key {
-                path,
-                reason: e.to_string(),
-            });
+            return Err(RemoteError::Key { path, reason: e.to_string() });
         }
-        Ok(Err(e)) => {
-            return Err(RemoteError::Connect {
-                addr,
-                reason: format!("login: {e}"),
-            })
-        }
+        Ok(Err(e)) => return Err(RemoteError::Connect { addr, reason: format!("login: {e}") }),
         Ok(Ok(r)) => r,
     };
     if !result.success() {
-        return Err(RemoteError::Auth {
-            addr,
-            user: s.username.clone(),
-        });
+        return Err(RemoteError::Auth { addr, user: s.username.clone() });
     }
     Ok(handle)
 }
 
 async fn open_conn(s: &SftpSettings, id: u64) -> Result<Conn, RemoteError> {
     let handle = open_ssh(s).await?;
-    let transport =
-        |e: russh::Error| RemoteError::Transport(format!("opening SFTP subsystem: {e}"));
+    let transport = |e: russh::Error| RemoteError::Transport(format!("opening SFTP subsystem: {e}"));
     let setup = async {
         let channel = handle.channel_open_session().await.map_err(transport)?;
-        channel
-            .request_subsystem(true, "sftp")
-            .await
-            .map_err(transport)?;
-        let cfg = russh_sftp::client::Config {
-            request_timeout_secs: s.timeout.as_secs().max(1),
-            ..Default::default()
-        };
+        channel.request_subsystem(true, "sftp").await.map_err(transport)?;
+        let cfg = russh_sftp::client::Config { request_timeout_secs: s.timeout.as_secs().max(1), ..Default::default() };
         let mut sftp = RawSftpSession::new_with_config(channel.into_stream(), cfg);
-        let version = sftp
-            .init()
-            .await
-            .map_err(|e| RemoteError::from_sftp("(init)", e))?;
+        let version = sftp.init().await.map_err(|e| RemoteError::from_sftp("(init)", e))?;
         let mut read_len = MAX_READ_LEN;
-        if version
-            .extensions
-            .contains_key(russh_sftp::extensions::LIMITS)
-        {
+        if version.extensions.contains_key(russh_sftp::extensions::LIMITS) {
             if let Ok(l) = sftp.limits().await {
                 let limits = Limits::from(l);
                 if let Some(r) = limits.read_len {
@@ -324,12 +251,7 @@ async fn open_conn(s: &SftpSettings, id: u64) -> Result<Conn, RemoteError> {
     let (sftp, read_len) = tokio::time::timeout(s.timeout, setup)
         .await
         .map_err(|_| RemoteError::Transport("SFTP subsystem did not start in time".into()))??;
-    Ok(Conn {
-        sftp,
-        handle,
-        read_len,
-        id,
-    })
+    Ok(Conn { sftp, handle, read_len, id })
 }
 
 /// Connects once with no trust and returns the key the server shows
@@ -341,9 +263,7 @@ pub async fn probe_host_key(s: &SftpSettings) -> Result<PublicKey, RemoteError> 
     match handshake(s, None).await {
         (_, Some(key)) => Ok(key),
         (Err(e), None) => Err(e),
-        (Ok(_), None) => Err(RemoteError::Transport(
-            "handshake finished without a host key".into(),
-        )),
+        (Ok(_), None) => Err(RemoteError::Transport("handshake finished without a host key".into())),
     }
 }
 
@@ -380,11 +300,7 @@ impl Remote {
         let n = settings.connections.max(1);
         Remote {
             inner: Arc::new(Inner {
-                slots: (0..n)
-                    .map(|_| Slot {
-                        conn: tokio::sync::Mutex::new(None),
-                    })
-                    .collect(),
+                slots: (0..n).map(|_| Slot { conn: tokio::sync::Mutex::new(None) }).collect(),
                 settings,
                 next: AtomicUsize::new(0),
                 ids: AtomicU64::new(0),
@@ -454,9 +370,7 @@ impl Remote {
             Err(e) => {
                 let mut b = self.inner.backoff.lock().expect("not poisoned");
                 b.failures += 1;
-                let exp = CONNECT_BACKOFF
-                    .saturating_mul(1 << b.failures.min(8))
-                    .min(MAX_CONNECT_BACKOFF);
+                let exp = CONNECT_BACKOFF.saturating_mul(1 << b.failures.min(8)).min(MAX_CONNECT_BACKOFF);
                 b.until = Some(Instant::now() + exp / 2 + exp.mul_f64(fastrand::f64() / 2.0));
                 b.last = e.to_string();
                 Err(e)

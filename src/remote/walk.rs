@@ -23,11 +23,7 @@ pub struct RemoteDirEntry {
 /// A [`RemoteError`]; `NoSuchFile` when the directory is gone.
 pub async fn list_dir(conn: &Conn, path: &str) -> Result<Vec<RemoteDirEntry>, RemoteError> {
     let sftp = &conn.sftp;
-    let handle = sftp
-        .opendir(path)
-        .await
-        .map_err(|e| RemoteError::from_sftp(path, e))?
-        .handle;
+    let handle = sftp.opendir(path).await.map_err(|e| RemoteError::from_sftp(path, e))?.handle;
     let mut out = Vec::new();
     let result = loop {
         match sftp.readdir(handle.clone()).await {
@@ -35,16 +31,9 @@ pub async fn list_dir(conn: &Conn, path: &str) -> Result<Vec<RemoteDirEntry>, Re
                 name.files
                     .into_iter()
                     .filter(|f| f.filename != "." && f.filename != "..")
-                    .map(|f| RemoteDirEntry {
-                        entry: RemoteEntry::from_attrs(&f.attrs),
-                        name: f.filename,
-                    }),
+                    .map(|f| RemoteDirEntry { entry: RemoteEntry::from_attrs(&f.attrs), name: f.filename }),
             ),
-            Err(russh_sftp::client::error::Error::Status(s))
-                if s.status_code == StatusCode::Eof =>
-            {
-                break Ok(())
-            }
+            Err(russh_sftp::client::error::Error::Status(s)) if s.status_code == StatusCode::Eof => break Ok(()),
             Err(e) => break Err(RemoteError::from_sftp(path, e)),
         }
     };

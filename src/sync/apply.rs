@@ -81,10 +81,7 @@ pub struct Syncer {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, MirrorError> + Send + 'static,
 ) -> Result<T, ApplyError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| ApplyError::Internal(e.to_string()))?
-        .map_err(ApplyError::from)
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApplyError::Internal(e.to_string()))?.map_err(ApplyError::from)
 }
 
 impl Syncer {
@@ -114,11 +111,7 @@ impl Syncer {
     ///
     /// # Errors
     /// As [`Syncer::apply`].
-    pub async fn apply_known(
-        &self,
-        path: &RemotePath,
-        remote: Option<RemoteEntry>,
-    ) -> Result<Action, ApplyError> {
+    pub async fn apply_known(&self, path: &RemotePath, remote: Option<RemoteEntry>) -> Result<Action, ApplyError> {
         match remote {
             Some(e) if e.kind == RemoteKind::File => self.fetch(&path.with_dir(false), e).await,
             Some(e) if e.kind == RemoteKind::Dir => {
@@ -133,9 +126,7 @@ impl Syncer {
                     Ok(Action::Unchanged)
                 }
             }
-            Some(_) => Ok(Action::Skipped(
-                "remote entry is neither a file nor a directory",
-            )),
+            Some(_) => Ok(Action::Skipped("remote entry is neither a file nor a directory")),
             None => self.remove(path).await,
         }
     }
@@ -165,17 +156,11 @@ impl Syncer {
         }
         let (m, p) = (self.mirror.clone(), path.clone());
         let local = blocking(move || m.stat(&p)).await?;
-        if local.is_some_and(|l| {
-            l.kind == LocalKind::File && l.size == entry.size && l.mtime == entry.mtime
-        }) {
+        if local.is_some_and(|l| l.kind == LocalKind::File && l.size == entry.size && l.mtime == entry.mtime) {
             return Ok(Action::Unchanged);
         }
         let rpath = self.remote.path_of(path.as_str());
-        let _permit = self
-            .transfers
-            .acquire()
-            .await
-            .map_err(|e| ApplyError::Internal(e.to_string()))?;
+        let _permit = self.transfers.acquire().await.map_err(|e| ApplyError::Internal(e.to_string()))?;
         let mut last_err = None;
         for _ in 0..ATTEMPTS {
             let m = self.mirror.clone();
@@ -186,12 +171,7 @@ impl Syncer {
             staged.put_back(file);
             match got {
                 Err(LocalOrRemote::Local(e)) => {
-                    return Err(MirrorError {
-                        op: "write",
-                        path: path.to_string(),
-                        source: e,
-                    }
-                    .into())
+                    return Err(MirrorError { op: "write", path: path.to_string(), source: e }.into())
                 }
                 Err(LocalOrRemote::Remote(e)) if e.is_transport() => {
                     self.remote.invalidate(&conn).await;
@@ -214,9 +194,7 @@ impl Syncer {
                         Some(n) if n.kind == RemoteKind::File => {
                             tracing::debug!(path = %path, "remote file changed during download; again");
                             entry = n;
-                            last_err = Some(RemoteError::Unstable {
-                                path: rpath.clone(),
-                            });
+                            last_err = Some(RemoteError::Unstable { path: rpath.clone() });
                         }
                         // It became a directory or vanished: apply that instead.
                         other => return Box::pin(self.apply_known(path, other)).await,
@@ -224,8 +202,6 @@ impl Syncer {
                 }
             }
         }
-        Err(last_err
-            .unwrap_or(RemoteError::Unstable { path: rpath })
-            .into())
+        Err(last_err.unwrap_or(RemoteError::Unstable { path: rpath }).into())
     }
 }

@@ -52,17 +52,11 @@ pub async fn run(
                             Ok(p) => queue.push_back((job, p)),
                             Err(e) => {
                                 // Only validated paths are stored; keep going if one is not.
-                                let _ = journal
-                                    .fail(vec![job.seq], format!("stored path is invalid: {e}"))
-                                    .await;
+                                let _ = journal.fail(vec![job.seq], format!("stored path is invalid: {e}")).await;
                             }
                         }
                     }
-                    next_due = if got < asked {
-                        journal.next_due_ms().await.ok().flatten()
-                    } else {
-                        None
-                    };
+                    next_due = if got < asked { journal.next_due_ms().await.ok().flatten() } else { None };
                 }
                 Err(e) => tracing::error!("journal: cannot claim events: {e}"),
             }
@@ -108,9 +102,7 @@ pub async fn run(
 
         // Rows held back by locks are woken by a completion; rows in backoff by their due time.
         let sleep_for = match next_due {
-            Some(due) => {
-                Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64).min(IDLE_POLL)
-            }
+            Some(due) => Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64).min(IDLE_POLL),
             None => IDLE_POLL,
         };
         tokio::select! {
@@ -152,10 +144,7 @@ async fn finish(journal: &Journal, syncer: &Syncer, d: Done) {
             journal.complete(d.seqs).await
         }
         Err(e) => {
-            syncer
-                .stats
-                .failed
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(error = %e, "apply failed; will retry");
             journal.fail(d.seqs, e).await
         }

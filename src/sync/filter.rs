@@ -30,10 +30,7 @@ impl Filter {
     /// # Errors
     /// A bad glob.
     pub fn new(include: &[String], exclude: &[String]) -> Result<Filter, globset::Error> {
-        Ok(Filter {
-            include: (!include.is_empty()).then(|| build(include)).transpose()?,
-            exclude: build(exclude)?,
-        })
+        Ok(Filter { include: (!include.is_empty()).then(|| build(include)).transpose()?, exclude: build(exclude)? })
     }
 
     /// Whether `path` (a file, or a directory when `path.is_dir()`) is mirrored.
@@ -44,10 +41,7 @@ impl Filter {
     /// Same as [`Filter::allows`] on a relative path string.
     pub fn allows_str(&self, rel: &str, is_dir: bool) -> bool {
         // An excluded ancestor excludes its whole subtree.
-        if rel
-            .match_indices('/')
-            .any(|(i, _)| self.exclude.is_match(&rel[..i]))
-        {
+        if rel.match_indices('/').any(|(i, _)| self.exclude.is_match(&rel[..i])) {
             return false;
         }
         if self.exclude.is_match(rel) {
@@ -82,9 +76,6 @@ mod tests {
         assert!(d.allows_str("reports/2024/x.pdf", false));
         assert!(d.allows_str("data/x.csv", false));
         assert!(!d.allows_str("data/x.txt", false));
-        assert!(
-            d.allows_str("data", true),
-            "directories are walked to reach included files"
-        );
+        assert!(d.allows_str("data", true), "directories are walked to reach included files");
     }
 }

@@ -26,11 +26,7 @@ pub struct PathGuard {
 
 impl Drop for PathGuard {
     fn drop(&mut self) {
-        self.inner
-            .held
-            .lock()
-            .expect("not poisoned")
-            .retain(|(id, _)| *id != self.id);
+        self.inner.held.lock().expect("not poisoned").retain(|(id, _)| *id != self.id);
         self.inner.released.notify_waiters();
     }
 }
@@ -42,15 +38,9 @@ impl PathLocks {
         if held.iter().any(|(_, p)| p.overlaps(path)) {
             return None;
         }
-        let id = self
-            .inner
-            .next
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = self.inner.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         held.push((id, path.clone()));
-        Some(PathGuard {
-            inner: self.inner.clone(),
-            id,
-        })
+        Some(PathGuard { inner: self.inner.clone(), id })
     }
 
     /// Waits until `path` can be taken, then takes it.

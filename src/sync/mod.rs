@@ -4,6 +4,7 @@ pub mod apply;
 pub mod dispatch;
 pub mod filter;
 pub mod locks;
+pub mod reconcile;
 
 pub use apply::{Action, ApplyError, Syncer};
 pub use filter::Filter;

@@ -64,30 +64,19 @@ pub struct Intake {
 pub fn routes(
     intake: Arc<Intake>,
 ) -> impl warp::Filter<Extract = (warp::reply::Response,), Error = warp::Rejection> + Clone {
-    warp::method()
-        .and(warp::path::full())
-        .and(warp::header::headers_cloned())
-        .and(warp::body::stream())
-        .then(
-            move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
-                let intake = intake.clone();
-                async move { handle(&intake, method, path.as_str(), &headers, body).await }
-            },
-        )
+    warp::method().and(warp::path::full()).and(warp::header::headers_cloned()).and(warp::body::stream()).then(
+        move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
+            let intake = intake.clone();
+            async move { handle(&intake, method, path.as_str(), &headers, body).await }
+        },
+    )
 }
 
 fn answer(status: StatusCode, text: &str) -> warp::reply::Response {
-    let mut r = warp::reply::Response::new(if text.is_empty() {
-        "".into()
-    } else {
-        format!("{text}\n").into()
-    });
+    let mut r = warp::reply::Response::new(if text.is_empty() { "".into() } else { format!("{text}\n").into() });
     *r.status_mut() = status;
     if !text.is_empty() {
-        r.headers_mut().insert(
-            "content-type",
-            warp::http::HeaderValue::from_static("text/plain; charset=utf-8"),
-        );
+        r.headers_mut().insert("content-type", warp::http::HeaderValue::from_static("text/plain; charset=utf-8"));
     }
     r
 }
@@ -130,40 +119,29 @@ where
     }
     if method != Method::POST {
         let mut r = answer(StatusCode::METHOD_NOT_ALLOWED, "only POST is accepted here");
-        r.headers_mut()
-            .insert("allow", warp::http::HeaderValue::from_static("POST"));
+        r.headers_mut().insert("allow", warp::http::HeaderValue::from_static("POST"));
         return r;
     }
     let stats = &intake.stats;
-    let declared = headers
-        .get("content-length")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
+    let declared = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > intake.max_body) {
         stats.too_large.fetch_add(1, Ordering::Relaxed);
         return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
     }
-    let body =
-        match tokio::time::timeout(BODY_DEADLINE, read_limited(Box::pin(body), intake.max_body))
-            .await
-        {
-            Err(_) => return answer(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
-            Ok(Err(e)) => {
-                stats.bad_request.fetch_add(1, Ordering::Relaxed);
-                return answer(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"));
-            }
-            Ok(Ok(None)) => {
-                stats.too_large.fetch_add(1, Ordering::Relaxed);
-                return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
-            }
-            Ok(Ok(Some(b))) => b.freeze(),
-        };
+    let body = match tokio::time::timeout(BODY_DEADLINE, read_limited(Box::pin(body), intake.max_body)).await {
+        Err(_) => return answer(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
+        Ok(Err(e)) => {
+            stats.bad_request.fetch_add(1, Ordering::Relaxed);
+            return answer(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"));
+        }
+        Ok(Ok(None)) => {
+            stats.too_large.fetch_add(1, Ordering::Relaxed);
+            return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+        }
+        Ok(Ok(Some(b))) => b.freeze(),
+    };
 
-    let signatures: Vec<&[u8]> = headers
-        .get_all("x-hub-signature")
-        .iter()
-        .map(|v| v.as_bytes())
-        .collect();
+    let signatures: Vec<&[u8]> = headers.get_all("x-hub-signature").iter().map(|v| v.as_bytes()).collect();
     let authorization = headers.get("authorization").map(|v| v.as_bytes());
     let verifier = intake.verifier.read().expect("not poisoned").clone();
     let verified = match verifier.verify(&signatures, authorization, &body) {
@@ -211,20 +189,12 @@ where
         Ok(Err(e)) => {
             stats.unavailable.fetch_add(1, Ordering::Relaxed);
             tracing::error!(event = %event.id, "webhook not recorded (503): {e}");
-            answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "journal unavailable, retry later",
-            )
+            answer(StatusCode::SERVICE_UNAVAILABLE, "journal unavailable, retry later")
         }
         Err(_) => {
             stats.unavailable.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(
-                "webhook not recorded (503): journal commit took longer than {JOURNAL_DEADLINE:?}"
-            );
-            answer(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "journal too slow, retry later",
-            )
+            tracing::error!("webhook not recorded (503): journal commit took longer than {JOURNAL_DEADLINE:?}");
+            answer(StatusCode::SERVICE_UNAVAILABLE, "journal too slow, retry later")
         }
     }
 }

@@ -57,10 +57,7 @@ impl Verifier {
     /// Builds the checks. With no secret and no Authorization every request
     /// passes; `config` refuses that unless `webhook.allow_unsigned = true`.
     pub fn new(secrets: Vec<Secret>, authorization: Option<&Secret>) -> Verifier {
-        Verifier {
-            secrets,
-            authorization: authorization.map(|a| Sha256::digest(a.expose().as_bytes()).into()),
-        }
+        Verifier { secrets, authorization: authorization.map(|a| Sha256::digest(a.expose().as_bytes()).into()) }
     }
 
     /// Whether any check is configured.
@@ -94,8 +91,7 @@ impl Verifier {
             };
             let digest = parse_signature(header)?;
             let matched = self.secrets.iter().any(|s| {
-                let mut mac = HmacSha256::new_from_slice(s.expose().as_bytes())
-                    .expect("HMAC takes keys of any length");
+                let mut mac = HmacSha256::new_from_slice(s.expose().as_bytes()).expect("HMAC takes keys of any length");
                 mac.update(body);
                 mac.verify_slice(&digest).is_ok()
             });
@@ -114,9 +110,7 @@ impl Verifier {
 /// # Errors
 /// [`VerifyError::BadSignatureEncoding`] for anything else.
 pub fn parse_signature(header: &[u8]) -> Result<[u8; 32], VerifyError> {
-    let s = std::str::from_utf8(header)
-        .map_err(|_| VerifyError::BadSignatureEncoding)?
-        .trim();
+    let s = std::str::from_utf8(header).map_err(|_| VerifyError::BadSignatureEncoding)?.trim();
     let s = match s.get(..7) {
         Some(p) if p.eq_ignore_ascii_case("sha256=") => &s[7..],
         _ => s,
@@ -124,19 +118,14 @@ pub fn parse_signature(header: &[u8]) -> Result<[u8; 32], VerifyError> {
     let bytes = if s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         hex::decode(s).map_err(|_| VerifyError::BadSignatureEncoding)?
     } else {
-        base64::engine::general_purpose::STANDARD
-            .decode(s)
-            .map_err(|_| VerifyError::BadSignatureEncoding)?
+        base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| VerifyError::BadSignatureEncoding)?
     };
-    bytes
-        .try_into()
-        .map_err(|_| VerifyError::BadSignatureEncoding)
+    bytes.try_into().map_err(|_| VerifyError::BadSignatureEncoding)
 }
 
 /// The `X-Hub-Signature` value SFTP To Go would send for `body`: `sha256=<hex>`.
 pub fn sign(secret: &Secret, body: &[u8]) -> String {
-    let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes())
-        .expect("HMAC takes keys of any length");
+    let mut mac = HmacSha256::new_from_slice(secret.expose().as_bytes()).expect("HMAC takes keys of any length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
@@ -152,10 +141,7 @@ mod tests {
 
     fn v(secrets: &[&str], auth: Option<&str>) -> Verifier {
         let auth = auth.map(Secret::new);
-        Verifier::new(
-            secrets.iter().map(|s| Secret::new(*s)).collect(),
-            auth.as_ref(),
-        )
+        Verifier::new(secrets.iter().map(|s| Secret::new(*s)).collect(), auth.as_ref())
     }
 
     #[test]
@@ -176,41 +162,23 @@ mod tests {
             assert!(v.verify(&[sig.as_bytes()], None, BODY).is_ok(), "{sig}");
         }
         assert!(v
-            .verify(
-                &[b"SHA256=8BA4C47558DE1872150C3EC82211C34BF0CBD6D60FC4F9875B97853AF06DE917"],
-                None,
-                BODY
-            )
+            .verify(&[b"SHA256=8BA4C47558DE1872150C3EC82211C34BF0CBD6D60FC4F9875B97853AF06DE917"], None, BODY)
             .is_ok());
     }
 
     #[test]
     fn refuses_wrong_missing_truncated_and_repeated_signatures() {
         let v = v(&[SECRET], None);
+        assert_eq!(v.verify(&[], None, BODY).unwrap_err(), VerifyError::MissingSignature);
         assert_eq!(
-            v.verify(&[], None, BODY).unwrap_err(),
-            VerifyError::MissingSignature
-        );
-        assert_eq!(
-            v.verify(&[HEX.as_bytes()], None, b"Hello! This is a test payload!")
-                .unwrap_err(),
+            v.verify(&[HEX.as_bytes()], None, b"Hello! This is a test payload!").unwrap_err(),
             VerifyError::SignatureMismatch
         );
+        assert_eq!(v.verify(&[&HEX.as_bytes()[..70]], None, BODY).unwrap_err(), VerifyError::BadSignatureEncoding);
+        assert_eq!(v.verify(&[b"sha1=abcd"], None, BODY).unwrap_err(), VerifyError::BadSignatureEncoding);
+        assert_eq!(v.verify(&[b"\xff\xfe"], None, BODY).unwrap_err(), VerifyError::BadSignatureEncoding);
         assert_eq!(
-            v.verify(&[&HEX.as_bytes()[..70]], None, BODY).unwrap_err(),
-            VerifyError::BadSignatureEncoding
-        );
-        assert_eq!(
-            v.verify(&[b"sha1=abcd"], None, BODY).unwrap_err(),
-            VerifyError::BadSignatureEncoding
-        );
-        assert_eq!(
-            v.verify(&[b"\xff\xfe"], None, BODY).unwrap_err(),
-            VerifyError::BadSignatureEncoding
-        );
-        assert_eq!(
-            v.verify(&[HEX.as_bytes(), HEX.as_bytes()], None, BODY)
-                .unwrap_err(),
+            v.verify(&[HEX.as_bytes(), HEX.as_bytes()], None, BODY).unwrap_err(),
             VerifyError::DuplicateSignature
         );
     }
@@ -226,19 +194,9 @@ mod tests {
     #[test]
     fn authorization_must_match_exactly_and_combines_with_hmac() {
         let v = v(&[SECRET], Some("Bearer abc"));
-        assert!(v
-            .verify(&[HEX.as_bytes()], Some(b"Bearer abc"), BODY)
-            .is_ok());
-        for wrong in [
-            None,
-            Some(&b"Bearer abd"[..]),
-            Some(b"Bearer abc "),
-            Some(b""),
-        ] {
-            assert_eq!(
-                v.verify(&[HEX.as_bytes()], wrong, BODY).unwrap_err(),
-                VerifyError::AuthorizationMismatch
-            );
+        assert!(v.verify(&[HEX.as_bytes()], Some(b"Bearer abc"), BODY).is_ok());
+        for wrong in [None, Some(&b"Bearer abd"[..]), Some(b"Bearer abc "), Some(b"")] {
+            assert_eq!(v.verify(&[HEX.as_bytes()], wrong, BODY).unwrap_err(), VerifyError::AuthorizationMismatch);
         }
         // Authorization alone (no HMAC secret) is a valid configuration.
         let a = super::tests::v(&[], Some("Bearer abc"));
@@ -251,14 +209,10 @@ mod tests {
         let v = v(&[SECRET], Some("Bearer abc"));
         for e in [
             v.verify(&[HEX.as_bytes()], Some(b"x"), BODY).unwrap_err(),
-            v.verify(&[b"sha256=00"], Some(b"Bearer abc"), BODY)
-                .unwrap_err(),
+            v.verify(&[b"sha256=00"], Some(b"Bearer abc"), BODY).unwrap_err(),
         ] {
             let s = e.to_string();
-            assert!(
-                !s.contains("Bearer") && !s.contains("8ba4") && !s.contains(SECRET),
-                "{s}"
-            );
+            assert!(!s.contains("Bearer") && !s.contains("8ba4") && !s.contains(SECRET), "{s}");
         }
     }
 }

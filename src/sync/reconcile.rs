@@ -1,0 +1,437 @@
+//! `reconcile`: compare the whole remote tree with the mirror and repair every
+//! difference through the same operations events use (SPEC §2, §4).
+//!
+//! 1. **Walk and plan**, directory by directory: list the remote directory
+//!    (streamed READDIR batches, several directories at once over the pooled
+//!    connections) and the local one, compare by type, size and mtime, and
+//!    keep only the *differences*. Memory is bounded by the plan (about 150
+//!    bytes per change) plus the directories being compared, never the whole
+//!    tree: 1,000,000 unchanged entries cost nothing once their directory is done.
+//! 2. **Delete guard**: if the plan would remove more than `max_delete_ratio`
+//!    of the local entries, refuse before changing anything (a misconfigured
+//!    root or an empty listing must not wipe a mirror).
+//! 3. **Execute** with `mirror.concurrency` operations at once, each under the
+//!    path lock shared with the event workers; a deletion is re-confirmed
+//!    with the remote at the moment it happens, and a download re-checks the
+//!    file after the copy. Failures are retried a few times, then counted.
+
+use super::apply::{Action, ApplyError, Syncer};
+use crate::event::RemotePath;
+use crate::mirror::{LocalEntry, LocalKind};
+use crate::remote::{list_dir, RemoteEntry, RemoteError, RemoteKind};
+use futures::stream::{FuturesUnordered, StreamExt};
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Directories listed at once per SSH connection.
+const LISTINGS_PER_CONN: usize = 4;
+/// Tries per planned operation before it counts as failed.
+const OP_ATTEMPTS: u32 = 3;
+
+/// Command-line switches.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Options {
+    /// Plan only; change nothing.
+    pub dry_run: bool,
+    /// Never delete (on top of `mirror.delete`).
+    pub no_delete: bool,
+    /// Proceed even if the delete guard trips.
+    pub force: bool,
+}
+
+/// One planned change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Download a file (new, changed, or replacing a local directory/symlink).
+    Download {
+        /// The path.
+        path: RemotePath,
+        /// What the listing said.
+        entry: RemoteEntry,
+        /// What is there locally now, if anything.
+        local: Option<LocalKind>,
+    },
+    /// Create a directory (replacing a local file/symlink if any).
+    MakeDir {
+        /// The path.
+        path: RemotePath,
+        /// What is there locally now, if anything.
+        local: Option<LocalKind>,
+    },
+    /// Remove a local entry the remote does not have.
+    Delete {
+        /// The path.
+        path: RemotePath,
+        /// What it is.
+        local: LocalKind,
+        /// Entries removed with it (1 for a file, 1 + descendants for a directory).
+        entries: u64,
+    },
+}
+
+impl Op {
+    /// The path the operation is on.
+    pub fn path(&self) -> &RemotePath {
+        match self {
+            Op::Download { path, .. } | Op::MakeDir { path, .. } | Op::Delete { path, .. } => path,
+        }
+    }
+
+    /// A one-line, human description.
+    pub fn describe(&self) -> String {
+        let was = |l: &Option<LocalKind>| match l {
+            None => String::new(),
+            Some(LocalKind::File) => " (replacing a local file)".into(),
+            Some(LocalKind::Dir) => " (replacing a local directory)".into(),
+            Some(LocalKind::Symlink) => " (replacing a local symlink)".into(),
+            Some(LocalKind::Other) => " (replacing a local special file)".into(),
+        };
+        match self {
+            Op::Download { path, entry, local } => {
+                let verb = if *local == Some(LocalKind::File) { "update  " } else { "download" };
+                let was = if *local == Some(LocalKind::File) { String::new() } else { was(local) };
+                format!("{verb} {path} ({} bytes){was}", entry.size)
+            }
+            Op::MakeDir { path, local } => format!("mkdir    {path}/{}", was(local)),
+            Op::Delete { path, local, entries } => match local {
+                LocalKind::Dir => format!("delete   {path}/ ({entries} entries)"),
+                _ => format!("delete   {path}"),
+            },
+        }
+    }
+}
+
+/// The comparison's result.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Changes, in walk order.
+    pub ops: Vec<Op>,
+    /// Local entries seen (for the delete guard).
+    pub local_entries: u64,
+    /// Entries already equal.
+    pub unchanged: u64,
+    /// Remote entries seen.
+    pub remote_entries: u64,
+}
+
+impl Plan {
+    /// Entries the plan would remove.
+    pub fn deletions(&self) -> u64 {
+        self.ops.iter().map(|o| if let Op::Delete { entries, .. } = o { *entries } else { 0 }).sum()
+    }
+}
+
+/// What a pass did (printed, or as JSON with `--json`).
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct Summary {
+    /// Files downloaded.
+    pub downloaded: u64,
+    /// Bytes downloaded.
+    pub bytes: u64,
+    /// Directories created.
+    pub dirs_created: u64,
+    /// Local entries removed (a directory counts with its contents).
+    pub deleted: u64,
+    /// Entries that already matched.
+    pub unchanged: u64,
+    /// Operations that failed after retries.
+    pub failed: u64,
+    /// Wall time.
+    pub seconds: f64,
+    /// Whether this was `--dry-run` (the counts are then what *would* happen).
+    pub dry_run: bool,
+    /// Paths that failed, with the error (at most 100).
+    pub errors: Vec<String>,
+}
+
+/// Why a pass did not run or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    /// The remote could not be listed (unreachable, refused, root missing).
+    #[error("listing the remote: {0}")]
+    Remote(#[from] RemoteError),
+    /// The mirror could not be listed.
+    #[error("listing the mirror: {0}")]
+    Local(String),
+    /// The delete guard tripped.
+    #[error(
+        "refusing to delete {would_delete} of {local_entries} local entries ({pct:.0}% > mirror.max_delete_ratio {ratio_pct:.0}%): \
+         is sftp.remote_root right? Nothing was changed; run with --force to delete anyway, or --no-delete to skip deletions",
+        pct = 100.0 * *would_delete as f64 / (*local_entries).max(1) as f64,
+        ratio_pct = 100.0 * ratio
+    )]
+    DeleteGuard {
+        /// Entries the plan would remove.
+        would_delete: u64,
+        /// Local entries.
+        local_entries: u64,
+        /// The configured ratio.
+        ratio: f64,
+    },
+}
+
+/// Progress callbacks (a bar on a terminal, nothing otherwise).
+pub trait Progress: Send + Sync {
+    /// Listing progress: remote entries seen so far.
+    fn listed(&self, _entries: u64) {}
+    /// Execution starts with this many operations.
+    fn executing(&self, _ops: u64) {}
+    /// One operation finished.
+    fn done_one(&self, _op: &Op, _ok: bool) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+impl Progress for Quiet {}
+
+/// Counts a local subtree (for a deletion), without following symlinks.
+fn count_local(syncer: &Syncer, dir: &RemotePath) -> Result<u64, String> {
+    let mut n = 0;
+    let mut stack = vec![dir.clone()];
+    while let Some(d) = stack.pop() {
+        for (name, e) in syncer.mirror.list_dir(Some(&d)).map_err(|e| e.to_string())? {
+            n += 1;
+            if e.kind == LocalKind::Dir {
+                if let Ok(p) = RemotePath::parse(&format!("{}/{name}", d.as_str())) {
+                    stack.push(p);
+                }
+            }
+        }
+    }
+    Ok(n)
+}
+
+fn child(parent: Option<&RemotePath>, name: &str, is_dir: bool) -> Option<RemotePath> {
+    let rel = match parent {
+        Some(p) => format!("{}/{name}", p.as_str()),
+        None => name.to_owned(),
+    };
+    RemotePath::parse(&rel).ok().map(|p| p.with_dir(is_dir))
+}
+
+/// Compares one directory; returns the plan part and the subdirectories to descend into.
+fn diff_dir(
+    syncer: &Syncer,
+    dir: Option<&RemotePath>,
+    remote: Vec<crate::remote::RemoteDirEntry>,
+    local: Vec<(String, LocalEntry)>,
+    deletes: bool,
+) -> Result<(Plan, Vec<RemotePath>), String> {
+    let mut plan = Plan::default();
+    let mut descend = Vec::new();
+    let mut local: HashMap<String, LocalEntry> = local.into_iter().collect();
+    for r in remote {
+        let Some(path) = child(dir, &r.name, r.entry.kind == RemoteKind::Dir) else {
+            // A name we cannot represent safely (e.g. ".sftp-mirror" at the root): not mirrored.
+            continue;
+        };
+        let here = local.remove(&r.name);
+        if !syncer.filter.allows(&path) {
+            continue;
+        }
+        plan.remote_entries += 1;
+        if here.is_some() {
+            plan.local_entries += 1;
+        }
+        match r.entry.kind {
+            RemoteKind::File => match here {
+                Some(l) if l.kind == LocalKind::File && l.size == r.entry.size && l.mtime == r.entry.mtime => {
+                    plan.unchanged += 1
+                }
+                Some(l) => {
+                    if l.kind == LocalKind::Dir {
+                        // The directory goes with its contents: count them for the guard.
+                        let n = count_local(syncer, &path)?;
+                        plan.local_entries += n;
+                    }
+                    plan.ops.push(Op::Download { path, entry: r.entry, local: Some(l.kind) })
+                }
+                None => plan.ops.push(Op::Download { path, entry: r.entry, local: None }),
+            },
+            RemoteKind::Dir => {
+                match here {
+                    Some(l) if l.kind == LocalKind::Dir => plan.unchanged += 1,
+                    other => plan.ops.push(Op::MakeDir { path: path.clone(), local: other.map(|l| l.kind) }),
+                }
+                descend.push(path);
+            }
+            RemoteKind::Other => {}
+        }
+    }
+    // What is left exists only locally.
+    for (name, l) in local {
+        let Some(path) = child(dir, &name, l.kind == LocalKind::Dir) else { continue };
+        if !syncer.filter.allows(&path) {
+            continue;
+        }
+        let entries = if l.kind == LocalKind::Dir { 1 + count_local(syncer, &path)? } else { 1 };
+        plan.local_entries += entries;
+        if deletes {
+            plan.ops.push(Op::Delete { path, local: l.kind, entries });
+        }
+    }
+    Ok((plan, descend))
+}
+
+/// Walks both trees and returns the plan.
+///
+/// # Errors
+/// When the remote root cannot be listed, or the mirror cannot be read.
+pub async fn plan(syncer: &Arc<Syncer>, opts: Options, progress: &dyn Progress) -> Result<Plan, ReconcileError> {
+    let deletes = syncer.delete && !opts.no_delete;
+    let parallel = syncer.remote.settings().connections.max(1) * LISTINGS_PER_CONN;
+    let mut total = Plan::default();
+    let mut todo: Vec<Option<RemotePath>> = vec![None];
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < parallel {
+            let Some(dir) = todo.pop() else { break };
+            let s = syncer.clone();
+            running.push(async move {
+                let rel = dir.as_ref().map_or("", |d| d.as_str()).to_owned();
+                let rpath = s.remote.path_of(&rel);
+                let remote = s
+                    .remote
+                    .with_retry(|c| {
+                        let rpath = rpath.clone();
+                        async move { list_dir(&c, &rpath).await }
+                    })
+                    .await;
+                let remote = match remote {
+                    Ok(r) => r,
+                    // A subdirectory that vanished since its parent was listed: nothing to do.
+                    Err(RemoteError::Status { code: russh_sftp::protocol::StatusCode::NoSuchFile, .. })
+                        if dir.is_some() =>
+                    {
+                        Vec::new()
+                    }
+                    Err(e) => return Err(ReconcileError::Remote(e)),
+                };
+                let d = dir.clone();
+                tokio::task::spawn_blocking(move || {
+                    let local = match s.mirror.stat_dir(d.as_ref()) {
+                        Ok(true) => s.mirror.list_dir(d.as_ref()).map_err(|e| e.to_string())?,
+                        Ok(false) => Vec::new(),
+                        Err(e) => return Err(e.to_string()),
+                    };
+                    diff_dir(&s, d.as_ref(), remote, local, deletes)
+                })
+                .await
+                .map_err(|e| ReconcileError::Local(e.to_string()))?
+                .map_err(ReconcileError::Local)
+            });
+        }
+        let Some(r) = running.next().await else { break };
+        let (part, descend) = r?;
+        total.ops.extend(part.ops);
+        total.local_entries += part.local_entries;
+        total.unchanged += part.unchanged;
+        total.remote_entries += part.remote_entries;
+        todo.extend(descend.into_iter().map(Some));
+        progress.listed(total.remote_entries);
+    }
+    Ok(total)
+}
+
+/// One pass: plan, guard, execute (or only plan with `dry_run`). `on_plan` is
+/// called with the plan before anything changes (printing, logging).
+///
+/// # Errors
+/// [`ReconcileError`] when the pass could not run; failures of single
+/// operations are counted in the [`Summary`] instead.
+pub async fn run(
+    syncer: &Arc<Syncer>,
+    opts: Options,
+    max_delete_ratio: f64,
+    concurrency: usize,
+    progress: &dyn Progress,
+    on_plan: &mut (dyn FnMut(&Plan) + Send),
+) -> Result<Summary, ReconcileError> {
+    let started = Instant::now();
+    let plan = plan(syncer, opts, progress).await?;
+    on_plan(&plan);
+    let would_delete = plan.deletions();
+    if would_delete > 0 && !opts.force && would_delete as f64 > max_delete_ratio * plan.local_entries as f64 {
+        return Err(ReconcileError::DeleteGuard {
+            would_delete,
+            local_entries: plan.local_entries,
+            ratio: max_delete_ratio,
+        });
+    }
+    let mut summary = Summary { unchanged: plan.unchanged, dry_run: opts.dry_run, ..Default::default() };
+    if opts.dry_run {
+        for op in &plan.ops {
+            match op {
+                Op::Download { entry, .. } => {
+                    summary.downloaded += 1;
+                    summary.bytes += entry.size;
+                }
+                Op::MakeDir { .. } => summary.dirs_created += 1,
+                Op::Delete { entries, .. } => summary.deleted += entries,
+            }
+        }
+        summary.seconds = started.elapsed().as_secs_f64();
+        return Ok(summary);
+    }
+
+    progress.executing(plan.ops.len() as u64);
+    let mut ops = plan.ops.into_iter();
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < concurrency.max(1) {
+            let Some(op) = ops.next() else { break };
+            let s = syncer.clone();
+            running.push(async move {
+                let r = execute(&s, &op).await;
+                (op, r)
+            });
+        }
+        let Some((op, r)) = running.next().await else { break };
+        progress.done_one(&op, r.is_ok());
+        match r {
+            Ok(Action::Downloaded(n)) => {
+                summary.downloaded += 1;
+                summary.bytes += n;
+            }
+            Ok(Action::MadeDir) => summary.dirs_created += 1,
+            Ok(Action::Removed) => summary.deleted += if let Op::Delete { entries, .. } = op { entries } else { 1 },
+            Ok(Action::Unchanged | Action::KeptNoDelete | Action::Skipped(_)) => summary.unchanged += 1,
+            Err(e) => {
+                summary.failed += 1;
+                tracing::warn!(path = %op.path(), "reconcile: {e}");
+                if summary.errors.len() < 100 {
+                    summary.errors.push(format!("{}: {e}", op.path()));
+                }
+            }
+        }
+    }
+    summary.seconds = started.elapsed().as_secs_f64();
+    Ok(summary)
+}
+
+/// Runs one planned operation under its path lock, retrying transient failures.
+async fn execute(s: &Syncer, op: &Op) -> Result<Action, ApplyError> {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let r = {
+            let _g = s.locks.lock(op.path()).await;
+            match op {
+                Op::Download { path, entry, .. } => s.apply_known(path, Some(*entry)).await,
+                Op::MakeDir { path, .. } => {
+                    s.apply_known(path, Some(RemoteEntry { kind: RemoteKind::Dir, size: 0, mtime: 0 })).await
+                }
+                // Deletion is the one destructive act: ask the remote again, now.
+                Op::Delete { path, .. } => s.apply_locked(path).await,
+            }
+        };
+        match r {
+            Err(e) if attempt < OP_ATTEMPTS && !matches!(&e, ApplyError::Remote(r) if r.is_access_error()) => {
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
+            }
+            r => return r,
+        }
+    }
+}
