@@ -20,4 +20,5 @@ pub mod journal;
 pub mod mirror;
 pub mod remote;
 pub mod sync;
+pub mod testkit;
 pub mod webhook;

@@ -1,1 +1,9 @@
-//! Integration tests.
+//! Integration tests, compiled as one binary to keep CI builds short. Each
+//! module tests one capability against real components: a private OpenSSH
+//! sshd on loopback (`common::Sshd`) and the real `sftp-mirror` binary.
+
+mod common;
+
+mod events;
+mod reconcile;
+mod webhook;

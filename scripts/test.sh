@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# The test command (README "Quick start"): installs what the tests need on a
+# fresh Debian machine, then runs format, lint and the whole test suite.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+[ -x /usr/sbin/sshd ] || need+=(openssh-server)
+command -v sftp >/dev/null 2>&1 || need+=(openssh-client)
+command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "scripts/test.sh: the tests need ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2
+    exit 2
+  fi
+  echo "installing ${need[*]} …"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets --locked -- -D warnings
+cargo test --locked -- --test-threads "${TEST_THREADS:-4}"

@@ -1,0 +1,242 @@
+//! Fault injection for the embedded SFTP server.
+//!
+//! [`Faults`] is a cheap, cloneable handle onto one shared fault table. Tests keep a
+//! clone and change it while the server runs; the SFTP handler (`sftp.rs`) consults
+//! it on every request. A fault only changes what goes on the wire (a status code,
+//! a shorter READ, a delay, a dropped connection); it never panics the server.
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use russh_sftp::protocol::StatusCode;
+
+/// The request families a [`Faults::fail`] rule can target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Op {
+    /// `SSH_FXP_OPEN`.
+    Open,
+    /// `SSH_FXP_STAT`, `SSH_FXP_LSTAT` and `SSH_FXP_FSTAT` (matched on the handle's path).
+    Stat,
+    /// `SSH_FXP_OPENDIR` and `SSH_FXP_READDIR` (matched on the handle's path).
+    Readdir,
+}
+
+/// Shared, thread-safe fault table of a test server.
+///
+/// Cloning gives another handle onto the same table, so a test can keep one and flip
+/// faults on and off while clients are connected. The default has no faults.
+#[derive(Clone, Default, Debug)]
+pub struct Faults(Arc<Mutex<State>>);
+
+#[derive(Default, Debug)]
+struct State {
+    drop_rule: Option<DropRule>,
+    /// Bumped whenever a drop rule is armed, so connections restart their count.
+    drop_generation: u64,
+    delay: Duration,
+    failures: Vec<FailRule>,
+    short_read: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct DropRule {
+    after: u64,
+    once: bool,
+    generation: u64,
+}
+
+#[derive(Clone, Debug)]
+struct FailRule {
+    op: Op,
+    needle: String,
+    status: StatusCode,
+}
+
+impl Faults {
+    /// A fault table with nothing armed (same as `Faults::default()`).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    // A poisoned lock only means a panic elsewhere while holding it; the table is
+    // plain data and stays usable, and a fault must never take the server down.
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Close the whole SSH connection once `n` file bytes were served on it; `None`
+    /// disarms. Persistent: applies to every connection, each counting its own bytes.
+    ///
+    /// Bytes are counted from the moment the rule is armed (or the connection starts,
+    /// if later). READ replies are shortened so that exactly `n` bytes go out; the
+    /// first READ after that drops the connection without replying.
+    pub fn drop_after_read_bytes(&self, n: Option<u64>) {
+        self.arm_drop(n, false);
+    }
+
+    /// Like [`Faults::drop_after_read_bytes`] but fires on one connection only, then
+    /// disarms itself: the client's reconnect then succeeds.
+    pub fn drop_once_after_read_bytes(&self, n: u64) {
+        self.arm_drop(Some(n), true);
+    }
+
+    fn arm_drop(&self, n: Option<u64>, once: bool) {
+        let mut st = self.state();
+        st.drop_generation += 1;
+        let generation = st.drop_generation;
+        st.drop_rule = n.map(|after| DropRule {
+            after,
+            once,
+            generation,
+        });
+    }
+
+    /// Sleep `d` before each reply (every request type); `Duration::ZERO` turns it off.
+    pub fn delay_replies(&self, d: Duration) {
+        self.state().delay = d;
+    }
+
+    /// Make requests of kind `op` whose normalised path (`/a/b`) contains
+    /// `path_contains` fail with `status`. Rules accumulate; the first match wins.
+    /// An empty `path_contains` matches every path.
+    pub fn fail(&self, op: Op, path_contains: &str, status: StatusCode) {
+        self.state().failures.push(FailRule {
+            op,
+            needle: path_contains.to_owned(),
+            status,
+        });
+    }
+
+    /// Remove every [`Faults::fail`] rule, leaving other faults armed.
+    pub fn clear_failures(&self) {
+        self.state().failures.clear();
+    }
+
+    /// Answer each READ with at most `max` bytes (a valid SFTP short read); `None`
+    /// turns it off. `Some(0)` is treated as `Some(1)` so reads still progress.
+    pub fn short_reads(&self, max: Option<u32>) {
+        self.state().short_read = max.map(|m| m.max(1));
+    }
+
+    /// Disarm every fault.
+    pub fn clear(&self) {
+        let mut st = self.state();
+        st.drop_rule = None;
+        st.delay = Duration::ZERO;
+        st.failures.clear();
+        st.short_read = None;
+    }
+
+    /// How long to wait before replying to the current request.
+    pub(crate) fn reply_delay(&self) -> Duration {
+        self.state().delay
+    }
+
+    /// The status a request of kind `op` on `path` must fail with, if any.
+    pub(crate) fn failure_for(&self, op: Op, path: &str) -> Option<StatusCode> {
+        self.state()
+            .failures
+            .iter()
+            .find(|r| r.op == op && path.contains(&r.needle))
+            .map(|r| r.status)
+    }
+
+    /// The largest READ reply currently allowed by [`Faults::short_reads`].
+    pub(crate) fn read_cap(&self) -> Option<u32> {
+        self.state().short_read
+    }
+
+    /// Decide how many bytes the next READ on a connection may serve.
+    pub(crate) fn read_allowance(&self, counter: &ReadCounter) -> Allowance {
+        let mut st = self.state();
+        let Some(rule) = st.drop_rule else {
+            return Allowance::Unlimited;
+        };
+        let mut c = counter.lock();
+        if c.generation != rule.generation {
+            // Newly armed (or new connection): count from here.
+            c.generation = rule.generation;
+            c.base = c.served;
+        }
+        let used = c.served - c.base;
+        if used < rule.after {
+            return Allowance::Bytes(rule.after - used);
+        }
+        if rule.once {
+            st.drop_rule = None;
+        }
+        Allowance::DropConnection
+    }
+}
+
+/// What a READ may do under the drop-after-bytes fault.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Allowance {
+    /// No drop fault armed.
+    Unlimited,
+    /// Serve at most this many bytes (always > 0).
+    Bytes(u64),
+    /// The budget is spent: drop the connection instead of replying.
+    DropConnection,
+}
+
+/// Bytes served on one connection (all its SFTP channels), for the drop fault.
+#[derive(Debug, Default)]
+pub(crate) struct ReadCounter(Mutex<CounterState>);
+
+#[derive(Debug, Default)]
+pub(crate) struct CounterState {
+    served: u64,
+    generation: u64,
+    base: u64,
+}
+
+impl ReadCounter {
+    fn lock(&self) -> MutexGuard<'_, CounterState> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Record `n` bytes sent in a READ reply.
+    pub(crate) fn add(&self, n: u64) {
+        self.lock().served += n;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failure_rules_match_by_op_and_substring() {
+        let f = Faults::new();
+        f.fail(Op::Open, "x", StatusCode::PermissionDenied);
+        assert_eq!(
+            f.failure_for(Op::Open, "/a/x.bin"),
+            Some(StatusCode::PermissionDenied)
+        );
+        assert_eq!(f.failure_for(Op::Stat, "/a/x.bin"), None);
+        assert_eq!(f.failure_for(Op::Open, "/a/y.bin"), None);
+        f.clear();
+        assert_eq!(f.failure_for(Op::Open, "/a/x.bin"), None);
+    }
+
+    #[test]
+    fn drop_budget_is_per_connection_and_once_disarms() {
+        let f = Faults::new();
+        let (a, b) = (ReadCounter::default(), ReadCounter::default());
+        f.drop_once_after_read_bytes(10);
+        assert_eq!(f.read_allowance(&a), Allowance::Bytes(10));
+        a.add(10);
+        assert_eq!(f.read_allowance(&b), Allowance::Bytes(10));
+        assert_eq!(f.read_allowance(&a), Allowance::DropConnection);
+        // One-shot: disarmed after firing.
+        assert_eq!(f.read_allowance(&b), Allowance::Unlimited);
+
+        f.drop_after_read_bytes(Some(5));
+        // `a` already served 10 bytes, but counting restarts when a rule is armed.
+        assert_eq!(f.read_allowance(&a), Allowance::Bytes(5));
+        a.add(5);
+        assert_eq!(f.read_allowance(&a), Allowance::DropConnection);
+        assert_eq!(f.read_allowance(&a), Allowance::DropConnection);
+    }
+}

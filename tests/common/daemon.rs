@@ -1,0 +1,298 @@
+//! Runs the real `sftp-mirror` binary against a private sshd: config files,
+//! the daemon process (its log captured), signed events, tree comparisons.
+
+use super::http::{request, Response};
+use super::sshd::Sshd;
+use sftp_mirror::config::Secret;
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The webhook secret every test config uses.
+pub const SECRET: &str = "test webhook secret";
+/// How long tests wait for the mirror to converge before failing.
+pub const CONVERGE: Duration = Duration::from_secs(60);
+
+/// Knobs for the generated config file.
+#[derive(Clone, Debug)]
+pub struct Opts {
+    pub delete: bool,
+    pub authorization: Option<String>,
+    pub remote_root: Option<PathBuf>,
+    pub on_start: bool,
+    pub max_body: u64,
+    pub extra_mirror: String,
+    pub concurrency: usize,
+}
+
+impl Default for Opts {
+    fn default() -> Self {
+        Opts {
+            delete: true,
+            authorization: None,
+            remote_root: None,
+            on_start: false,
+            max_body: 1 << 20,
+            extra_mirror: String::new(),
+            concurrency: 8,
+        }
+    }
+}
+
+/// A private sshd, a remote folder it serves, and a mirror/journal folder.
+pub struct Env {
+    pub sshd: Sshd,
+    pub dir: tempfile::TempDir,
+}
+
+impl Env {
+    pub fn new() -> Env {
+        Env { sshd: Sshd::start(), dir: tempfile::tempdir().unwrap() }
+    }
+
+    /// The remote tree (what the SFTP server serves as `remote_root`).
+    pub fn remote(&self) -> &Path {
+        self.sshd.remote_dir()
+    }
+
+    pub fn mirror(&self) -> PathBuf {
+        self.dir.path().join("mirror")
+    }
+
+    pub fn journal(&self) -> PathBuf {
+        self.dir.path().join("state/journal.db")
+    }
+
+    /// Writes a config file and returns its path.
+    pub fn config(&self, o: &Opts) -> PathBuf {
+        let root = o.remote_root.clone().unwrap_or_else(|| self.remote().to_owned());
+        let auth = o.authorization.as_ref().map(|a| format!("authorization = {a:?}\n")).unwrap_or_default();
+        let text = format!(
+            r#"
+[sftp]
+host = "127.0.0.1"
+port = {port}
+username = {user:?}
+private_key = {key:?}
+known_hosts = {kh:?}
+remote_root = {root:?}
+timeout = "10s"
+
+[mirror]
+path = {mirror:?}
+delete = {delete}
+concurrency = {conc}
+{extra}
+
+[webhook]
+listen = "127.0.0.1:0"
+path = "/webhook"
+secret = {secret:?}
+max_body = {max_body}
+{auth}
+[admin]
+listen = "off"
+
+[journal]
+path = {journal:?}
+
+[reconcile]
+on_start = {on_start}
+interval = "0s"
+"#,
+            port = self.sshd.port(),
+            user = self.sshd.user(),
+            key = self.sshd.client_key_path(),
+            kh = self.sshd.known_hosts_path(),
+            root = root,
+            mirror = self.mirror(),
+            delete = o.delete,
+            conc = o.concurrency,
+            extra = o.extra_mirror,
+            secret = SECRET,
+            max_body = o.max_body,
+            auth = auth,
+            journal = self.journal(),
+            on_start = o.on_start,
+        );
+        let path = self.dir.path().join(format!("config-{}.toml", fastrand::u32(..)));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
+    /// Starts `serve` with `o` and waits until it listens.
+    pub fn serve(&self, o: &Opts) -> Daemon {
+        Daemon::start(&self.config(o))
+    }
+
+    /// Runs a one-shot command with a config from `o`.
+    pub fn run(&self, o: &Opts, args: &[&str]) -> Output {
+        let cfg = self.config(o);
+        Command::new(bin()).arg("--config").arg(cfg).args(args).output().unwrap()
+    }
+
+    /// Writes a remote file (creating parents) with some mtime in the past, so
+    /// the mirror's mtime comparison is meaningful.
+    pub fn put(&self, rel: &str, data: &[u8]) {
+        let p = self.remote().join(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+    }
+}
+
+/// The binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_sftp-mirror")
+}
+
+/// A running `sftp-mirror serve`.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub log: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start(config: &Path) -> Daemon {
+        let mut child = Command::new(bin())
+            .arg("--config")
+            .arg(config)
+            .arg("-v")
+            .arg("serve")
+            .env("RUST_LOG", "sftp_mirror=debug,info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn sftp-mirror serve");
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let l = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(i) = line.find("webhook listening on http://") {
+                    let rest = &line[i + "webhook listening on http://".len()..];
+                    let addr = rest.split('/').next().unwrap_or_default().to_string();
+                    let _ = tx.send(addr);
+                }
+                let mut l = l.lock().unwrap();
+                l.push_str(&line);
+                l.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(a) => a.parse().expect("listen address"),
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("daemon did not start; log:\n{}", log.lock().unwrap());
+            }
+        };
+        Daemon { child, addr, log }
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// POSTs `body` signed with [`SECRET`].
+    pub fn send(&self, body: &[u8]) -> Response {
+        let sig = sftp_mirror::webhook::sign(&Secret::new(SECRET), body);
+        request(self.addr, "POST", "/webhook", &[("X-Hub-Signature", &sig), ("Content-Type", "application/json")], body)
+    }
+
+    /// SIGKILL, no chance to clean up.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM and wait; returns the exit code.
+    pub fn terminate(&mut self) -> Option<i32> {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        self.child.wait().ok().and_then(|s| s.code())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// An SFTP To Go-shaped event body; `path` is given already form-urlencoded.
+pub fn event(id: &str, topic: &str, path: &str) -> Vec<u8> {
+    let size = if topic == "file.created" { "12" } else { "null" };
+    format!(
+        r#"{{"Id":"{id}","Topic":"{topic}","CreatedAt":1700000000000,"UpdatedAt":1700000000000,
+"Actor":{{"Type":"User","Id":"owner"}},"Resource":"File","PreviousData":null,
+"Data":{{"Path":"{path}","Size":{size}}},
+"Metadata":{{"Organization":{{"Id":"org"}},"Webhook":{{"Id":"wh"}},"Delivery":{{"Id":"d-{id}"}},"Attempt":{{"Id":"a-{id}"}},"Event":{{"Id":"{id}","Topic":"{topic}"}}}}}}"#
+    )
+    .into_bytes()
+}
+
+/// Every entry under `root` (skipping `.sftp-mirror`): relative path → file
+/// bytes' SHA-256, or "dir".
+pub fn tree(root: &Path) -> BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else { continue };
+        for e in rd {
+            let e = e.unwrap();
+            let p = e.path();
+            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            if rel == ".sftp-mirror" {
+                continue;
+            }
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                out.insert(rel, "dir".into());
+                stack.push(p);
+            } else if ft.is_symlink() {
+                out.insert(rel, format!("symlink -> {}", std::fs::read_link(&p).unwrap().display()));
+            } else {
+                out.insert(rel, hex::encode(Sha256::digest(std::fs::read(&p).unwrap())));
+            }
+        }
+    }
+    out
+}
+
+/// Polls `f` until it is true or [`CONVERGE`] passes; panics with `what`.
+pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        if start.elapsed() > CONVERGE {
+            panic!("timed out waiting for: {what}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the mirror equals the remote.
+pub fn wait_mirror_equals_remote(env: &Env) {
+    let start = Instant::now();
+    loop {
+        let (r, m) = (tree(env.remote()), tree(&env.mirror()));
+        if r == m {
+            return;
+        }
+        if start.elapsed() > CONVERGE {
+            assert_eq!(m, r, "mirror (left) never became equal to the remote (right)");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Staging files currently present.
+pub fn staging_files(env: &Env) -> usize {
+    std::fs::read_dir(env.mirror().join(".sftp-mirror/staging")).map(|d| d.count()).unwrap_or(0)
+}

@@ -1,0 +1,12 @@
+//! Helpers shared by the integration tests (compiled into the single `tests` binary).
+//!
+//! Not every test uses every helper, hence the `dead_code` allowance.
+#![allow(dead_code)]
+
+mod daemon;
+mod http;
+mod sshd;
+
+pub use daemon::*;
+pub use http::*;
+pub use sshd::*;

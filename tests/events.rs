@@ -1,0 +1,161 @@
+//! Events end to end: real binary, real sshd, bytes on disk.
+
+use crate::common::*;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+#[test]
+fn created_and_deleted_events_make_the_mirror_match() {
+    let env = Env::new();
+    env.put("top.txt", b"top");
+    env.put("dir/sub/nested.txt", b"nested");
+    env.put("caf\u{e9}/my report+1.txt", "unicode ✓".as_bytes());
+    std::fs::create_dir_all(env.remote().join("empty dir")).unwrap();
+    let d = env.serve(&Opts::default());
+    for (id, path) in [
+        ("c1", "top.txt"),
+        ("c2", "dir/sub/nested.txt"),
+        ("c3", "caf%C3%A9/my+report%2b1.txt"),
+        ("c4", "empty+dir/"),
+    ] {
+        assert_eq!(d.send(&event(id, "file.created", path)).status, 204, "{path}");
+    }
+    wait_mirror_equals_remote(&env);
+    assert_eq!(std::fs::read(env.mirror().join("café/my report+1.txt")).unwrap(), "unicode ✓".as_bytes());
+    assert!(env.mirror().join("empty dir").is_dir());
+
+    // Deletions: a file and a whole tree, each only after the remote lost it.
+    std::fs::remove_file(env.remote().join("top.txt")).unwrap();
+    std::fs::remove_dir_all(env.remote().join("dir")).unwrap();
+    assert_eq!(d.send(&event("d1", "file.deleted", "top.txt")).status, 204);
+    assert_eq!(d.send(&event("d2", "file.deleted", "dir/")).status, 204);
+    wait_mirror_equals_remote(&env);
+    assert!(!env.mirror().join("dir").exists());
+    assert_eq!(staging_files(&env), 0);
+}
+
+#[test]
+fn events_are_hints_the_remote_is_the_truth() {
+    let env = Env::new();
+    env.put("still-here.txt", b"still here");
+    let d = env.serve(&Opts::default());
+    assert_eq!(d.send(&event("a", "file.created", "still-here.txt")).status, 204);
+    wait_for("first copy", || env.mirror().join("still-here.txt").exists());
+
+    // A forged delete for a file the remote still has: it stays.
+    assert_eq!(d.send(&event("forged", "file.deleted", "still-here.txt")).status, 204);
+    // A created event for a file the remote lacks: nothing appears.
+    assert_eq!(d.send(&event("ghost", "file.created", "ghost.txt")).status, 204);
+    // Reversed order: the delete arrives before the create of a file that exists.
+    env.put("late.txt", b"late");
+    assert_eq!(d.send(&event("r2", "file.deleted", "late.txt")).status, 204);
+    assert_eq!(d.send(&event("r1", "file.created", "late.txt")).status, 204);
+    wait_for("all four events done", || {
+        let out = env.run(&Opts::default(), &["events", "--status", "done", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().len() == 5
+    });
+    assert_eq!(std::fs::read(env.mirror().join("still-here.txt")).unwrap(), b"still here");
+    assert!(!env.mirror().join("ghost.txt").exists());
+    assert_eq!(std::fs::read(env.mirror().join("late.txt")).unwrap(), b"late");
+    wait_mirror_equals_remote(&env);
+}
+
+#[test]
+fn a_hundred_duplicates_download_once() {
+    let env = Env::new();
+    env.put("dup.txt", b"once");
+    let d = env.serve(&Opts::default());
+    for _ in 0..100 {
+        assert_eq!(d.send(&event("same-id", "file.created", "dup.txt")).status, 204);
+    }
+    wait_for("dup.txt", || env.mirror().join("dup.txt").exists());
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(d.log().matches("Downloaded(4)").count(), 1, "{}", d.log());
+}
+
+#[test]
+fn a_64_mib_file_arrives_byte_identical() {
+    let env = Env::new();
+    let data: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    env.put("big.bin", &data);
+    let d = env.serve(&Opts::default());
+    assert_eq!(d.send(&event("big", "file.created", "big.bin")).status, 204);
+    wait_mirror_equals_remote(&env);
+    assert_eq!(std::fs::read(env.mirror().join("big.bin")).unwrap(), data);
+}
+
+#[test]
+fn a_symlink_planted_in_the_mirror_is_never_followed_out() {
+    let env = Env::new();
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("victim.txt"), b"do not touch").unwrap();
+    std::fs::create_dir_all(env.mirror()).unwrap();
+    std::os::unix::fs::symlink(outside.path(), env.mirror().join("link")).unwrap();
+    env.put("link/victim.txt", b"from the remote");
+    env.put("link/new.txt", b"new");
+    let d = env.serve(&Opts::default());
+    assert_eq!(d.send(&event("s1", "file.created", "link/victim.txt")).status, 204);
+    assert_eq!(d.send(&event("s2", "file.created", "link/new.txt")).status, 204);
+    wait_mirror_equals_remote(&env);
+    assert_eq!(std::fs::read(outside.path().join("victim.txt")).unwrap(), b"do not touch");
+    assert!(!outside.path().join("new.txt").exists());
+    assert!(env.mirror().join("link").symlink_metadata().unwrap().is_dir(), "the link was replaced by a directory");
+
+    // A delete through a link removes nothing outside.
+    std::os::unix::fs::symlink(outside.path(), env.mirror().join("link2")).unwrap();
+    assert_eq!(d.send(&event("s3", "file.deleted", "link2/victim.txt")).status, 204);
+    wait_for("s3 done", || d.log().contains("s3"));
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(std::fs::read(outside.path().join("victim.txt")).unwrap(), b"do not touch");
+}
+
+/// Checks every file that shows up under a final name against the remote copy.
+fn watch_for_partial_files(env: &Env, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(usize, Vec<String>)> {
+    let (remote, mirror) = (env.remote().to_owned(), env.mirror());
+    std::thread::spawn(move || {
+        let mut checked = 0;
+        let mut bad = Vec::new();
+        while !stop.load(Ordering::Relaxed) {
+            for (rel, hash) in tree(&mirror) {
+                if hash == "dir" {
+                    continue;
+                }
+                checked += 1;
+                let want = tree(&remote).get(&rel).cloned();
+                if want.as_deref() != Some(hash.as_str()) {
+                    bad.push(rel);
+                }
+            }
+        }
+        (checked, bad)
+    })
+}
+
+#[test]
+fn sigkill_after_204_loses_nothing_and_shows_no_partial_file() {
+    let env = Env::new();
+    for i in 0..40 {
+        // Big enough that some transfers are in flight when the daemon dies.
+        env.put(&format!("k/f{i:02}.bin"), &vec![i as u8; 256 * 1024 + i]);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let watcher = watch_for_partial_files(&env, stop.clone());
+    let mut d = env.serve(&Opts { concurrency: 2, ..Default::default() });
+    let ok = AtomicUsize::new(0);
+    for i in 0..40 {
+        if d.send(&event(&format!("k{i}"), "file.created", &format!("k/f{i:02}.bin"))).status == 204 {
+            ok.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    assert_eq!(ok.load(Ordering::Relaxed), 40);
+    d.kill();
+    let before = tree(&env.mirror()).len();
+    let _d = env.serve(&Opts::default());
+    wait_mirror_equals_remote(&env);
+    stop.store(true, Ordering::Relaxed);
+    let (checked, bad) = watcher.join().unwrap();
+    assert!(bad.is_empty(), "partial or wrong files seen under final names: {bad:?}");
+    assert!(checked > 0);
+    assert_eq!(staging_files(&env), 0);
+    eprintln!("files present at the kill: {before} entries; all 40 arrived after restart");
+}

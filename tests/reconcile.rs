@@ -1,0 +1,149 @@
+//! `reconcile` against a real sshd: exactness, dry-run, the delete guard, no-delete.
+
+use crate::common::*;
+use std::path::Path;
+
+fn json_summary(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().last().unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}"))
+}
+
+/// A remote tree of 2,000+ files in nested directories, with empty directories
+/// and names with spaces and unicode.
+fn remote_tree(env: &Env) {
+    for d in 0..20 {
+        for f in 0..100 {
+            let dir = if d % 3 == 0 { format!("d{d}/deep er/ü{d}") } else { format!("d{d}") };
+            env.put(&format!("{dir}/file {f} ✓.txt"), format!("content {d}/{f}").as_bytes());
+        }
+    }
+    for e in ["empty", "d1/also empty", "spa ce/ünïcode dir"] {
+        std::fs::create_dir_all(env.remote().join(e)).unwrap();
+    }
+}
+
+fn mess_up_mirror(m: &Path) {
+    std::fs::create_dir_all(m.join("d1")).unwrap();
+    std::fs::create_dir_all(m.join("extra dir/sub")).unwrap();
+    std::fs::write(m.join("extra dir/sub/x"), b"x").unwrap();
+    std::fs::write(m.join("extra.txt"), b"extra").unwrap();
+    std::fs::write(m.join("d1/file 3 ✓.txt"), b"stale content").unwrap();
+    // A file where the remote has a directory, and a directory where it has a file.
+    std::fs::write(m.join("d2"), b"I am a file").unwrap();
+    std::fs::create_dir_all(m.join("d4/file 7 ✓.txt/inner")).unwrap();
+}
+
+#[test]
+fn reconcile_makes_the_trees_identical_and_a_second_pass_changes_nothing() {
+    let env = Env::new();
+    remote_tree(&env);
+    mess_up_mirror(&env.mirror());
+    let o = Opts { extra_mirror: "max_delete_ratio = 1.0".into(), ..Default::default() };
+    let out = env.run(&o, &["reconcile", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = json_summary(&out);
+    assert!(s["downloaded"].as_u64().unwrap() >= 2000, "{s}");
+    assert_eq!(s["failed"], 0);
+    assert_eq!(tree(&env.mirror()), tree(env.remote()));
+
+    let out = env.run(&o, &["reconcile", "--json"]);
+    assert_eq!(out.status.code(), Some(0));
+    let s = json_summary(&out);
+    assert_eq!((s["downloaded"].as_u64(), s["deleted"].as_u64(), s["dirs_created"].as_u64()), (Some(0), Some(0), Some(0)), "{s}");
+    assert!(s["unchanged"].as_u64().unwrap() >= 2000);
+}
+
+#[test]
+fn dry_run_changes_nothing_and_prints_the_plan() {
+    let env = Env::new();
+    env.put("a/new.txt", b"new");
+    std::fs::create_dir_all(env.mirror()).unwrap();
+    std::fs::write(env.mirror().join("old.txt"), b"old").unwrap();
+    std::fs::write(env.mirror().join("keep.txt"), b"k").unwrap();
+    env.put("keep.txt", b"k2");
+    let before = tree(&env.mirror());
+    let out = env.run(&Opts::default(), &["reconcile", "--dry-run"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("download a/new.txt") && text.contains("delete   old.txt") && text.contains("update   keep.txt"), "{text}");
+    assert_eq!(tree(&env.mirror()), before);
+}
+
+#[test]
+fn delete_guard_refuses_then_force_proceeds() {
+    let env = Env::new();
+    std::fs::create_dir_all(env.mirror().join("sub")).unwrap();
+    for i in 0..10 {
+        std::fs::write(env.mirror().join(format!("sub/f{i}")), b"precious").unwrap();
+    }
+    let empty = env.dir.path().join("empty-remote");
+    std::fs::create_dir_all(&empty).unwrap();
+    let o = Opts { remote_root: Some(empty), ..Default::default() };
+    let before = tree(&env.mirror());
+    let out = env.run(&o, &["reconcile"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to delete 11 of 11"));
+    assert_eq!(tree(&env.mirror()), before);
+    let out = env.run(&o, &["reconcile", "--force"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(tree(&env.mirror()).is_empty());
+}
+
+#[test]
+fn no_delete_and_delete_false_remove_nothing() {
+    let env = Env::new();
+    env.put("r.txt", b"r");
+    std::fs::create_dir_all(env.mirror()).unwrap();
+    std::fs::write(env.mirror().join("local-only.txt"), b"l").unwrap();
+    let o = Opts { extra_mirror: "max_delete_ratio = 1.0".into(), ..Default::default() };
+    let out = env.run(&o, &["reconcile", "--no-delete"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(env.mirror().join("local-only.txt").exists() && env.mirror().join("r.txt").exists());
+    let out = env.run(&Opts { delete: false, ..o.clone() }, &["reconcile"]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(env.mirror().join("local-only.txt").exists());
+}
+
+#[test]
+fn a_directory_of_20000_entries_lists_completely() {
+    let env = Env::new();
+    let big = env.remote().join("big");
+    std::fs::create_dir_all(&big).unwrap();
+    for i in 0..20_000 {
+        std::fs::write(big.join(format!("{i:05}")), b"").unwrap();
+    }
+    let out = env.run(&Opts::default(), &["reconcile", "--dry-run", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let s = json_summary(&out);
+    assert_eq!(s["downloaded"], 20_000, "{s}");
+}
+
+#[test]
+fn reconcile_and_events_on_overlapping_paths_end_exact() {
+    let env = Env::new();
+    for i in 0..300 {
+        env.put(&format!("o/{}/f{i}.txt", i % 7), format!("v1 {i}").as_bytes());
+    }
+    let d = env.serve(&Opts { on_start: true, ..Default::default() });
+    // While the start-up pass runs, the remote changes and events stream in.
+    for i in 0..300 {
+        let rel = format!("o/{}/f{i}.txt", i % 7);
+        match i % 3 {
+            0 => {
+                std::fs::remove_file(env.remote().join(&rel)).unwrap();
+                assert_eq!(d.send(&event(&format!("x{i}"), "file.deleted", &rel)).status, 204);
+            }
+            1 => {
+                env.put(&rel, format!("v2 {i} longer").as_bytes());
+                assert_eq!(d.send(&event(&format!("x{i}"), "file.created", &rel)).status, 204);
+            }
+            _ => assert_eq!(d.send(&event(&format!("x{i}"), "file.created", "o/")).status, 204),
+        }
+    }
+    wait_mirror_equals_remote(&env);
+    // And a final pass agrees there is nothing left to do.
+    let out = env.run(&Opts::default(), &["reconcile", "--json"]);
+    let s = json_summary(&out);
+    assert_eq!((s["downloaded"].as_u64(), s["deleted"].as_u64()), (Some(0), Some(0)), "{s}");
+}
