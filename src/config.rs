@@ -324,9 +324,9 @@ impl Reader {
         .unwrap_or(default)
     }
 
-    fn number<T: std::str::FromStr>(&mut self, s: &str, k: &str, default: T, range: (T, T)) -> T
+    fn number<T>(&mut self, s: &str, k: &str, default: T, range: (T, T)) -> T
     where
-        T: PartialOrd + std::fmt::Display + Copy,
+        T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
     {
         let what = format!("a number from {} to {}", range.0, range.1);
         self.parsed(s, k, &what, |t| match t.parse::<T>() {
@@ -511,7 +511,10 @@ impl Settings {
     ///
     /// # Errors
     /// When the file cannot be read or the secret keys are wrong.
-    pub fn load_webhook_secrets(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Vec<Secret>, ConfigError> {
+    pub fn load_webhook_secrets(
+        file: Option<&Path>,
+        env: &HashMap<String, String>,
+    ) -> Result<Vec<Secret>, ConfigError> {
         let mut r = reader(file, env)?;
         let secrets = webhook_secrets(&mut r);
         if r.problems.is_empty() {
@@ -542,7 +545,9 @@ fn reader(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Reader, 
     let mut r = Reader { tree: HashMap::new(), problems: Vec::new() };
     for (section, v) in top {
         let Some((_, keys)) = KEYS.iter().find(|(s, _)| *s == section) else {
-            r.problems.push(format!("{section}: unknown section (expected one of sftp, mirror, webhook, admin, journal, reconcile, log)"));
+            r.problems.push(format!(
+                "{section}: unknown section (expected one of sftp, mirror, webhook, admin, journal, reconcile, log)"
+            ));
             continue;
         };
         match v.kind {
@@ -807,7 +812,8 @@ mod tests {
         fn file(&self, body: &str) -> PathBuf {
             let p = self.dir.path().join("c.toml");
             let kh = self.dir.path().join("known_hosts");
-            let text = body.replace("KH", &kh.display().to_string()).replace("DIR", &self.dir.path().display().to_string());
+            let text =
+                body.replace("KH", &kh.display().to_string()).replace("DIR", &self.dir.path().display().to_string());
             std::fs::write(&p, text).unwrap();
             p
         }

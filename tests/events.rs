@@ -12,12 +12,9 @@ fn created_and_deleted_events_make_the_mirror_match() {
     env.put("caf\u{e9}/my report+1.txt", "unicode ✓".as_bytes());
     std::fs::create_dir_all(env.remote().join("empty dir")).unwrap();
     let d = env.serve(&Opts::default());
-    for (id, path) in [
-        ("c1", "top.txt"),
-        ("c2", "dir/sub/nested.txt"),
-        ("c3", "caf%C3%A9/my+report%2b1.txt"),
-        ("c4", "empty+dir/"),
-    ] {
+    for (id, path) in
+        [("c1", "top.txt"), ("c2", "dir/sub/nested.txt"), ("c3", "caf%C3%A9/my+report%2b1.txt"), ("c4", "empty+dir/")]
+    {
         assert_eq!(d.send(&event(id, "file.created", path)).status, 204, "{path}");
     }
     wait_mirror_equals_remote(&env);

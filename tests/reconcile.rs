@@ -5,7 +5,8 @@ use std::path::Path;
 
 fn json_summary(out: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let line = stdout.lines().last().unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&out.stderr)));
+    let line =
+        stdout.lines().last().unwrap_or_else(|| panic!("no output; stderr: {}", String::from_utf8_lossy(&out.stderr)));
     serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {stdout}"))
 }
 
@@ -50,7 +51,11 @@ fn reconcile_makes_the_trees_identical_and_a_second_pass_changes_nothing() {
     let out = env.run(&o, &["reconcile", "--json"]);
     assert_eq!(out.status.code(), Some(0));
     let s = json_summary(&out);
-    assert_eq!((s["downloaded"].as_u64(), s["deleted"].as_u64(), s["dirs_created"].as_u64()), (Some(0), Some(0), Some(0)), "{s}");
+    assert_eq!(
+        (s["downloaded"].as_u64(), s["deleted"].as_u64(), s["dirs_created"].as_u64()),
+        (Some(0), Some(0), Some(0)),
+        "{s}"
+    );
     assert!(s["unchanged"].as_u64().unwrap() >= 2000);
 }
 
@@ -66,7 +71,10 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
     let out = env.run(&Opts::default(), &["reconcile", "--dry-run"]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("download a/new.txt") && text.contains("delete   old.txt") && text.contains("update   keep.txt"), "{text}");
+    assert!(
+        text.contains("download a/new.txt") && text.contains("delete   old.txt") && text.contains("update   keep.txt"),
+        "{text}"
+    );
     assert_eq!(tree(&env.mirror()), before);
 }
 

@@ -5,5 +5,6 @@
 mod common;
 
 mod events;
+mod interop;
 mod reconcile;
 mod webhook;

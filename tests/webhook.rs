@@ -73,7 +73,8 @@ fn refusals_have_the_documented_status_and_record_nothing() {
 fn pings_other_topics_and_duplicates_are_204() {
     let env = Env::new();
     let d = env.serve(&Opts::default());
-    let ping = br#"{"Id":"p1","Topic":"webhook.ping","Data":{"Topics":["file.created"],"State":"Active","Url":"https://x"}}"#;
+    let ping =
+        br#"{"Id":"p1","Topic":"webhook.ping","Data":{"Topics":["file.created"],"State":"Active","Url":"https://x"}}"#;
     assert_eq!(d.send(ping).status, 204);
     assert_eq!(d.send(&event("dl", "file.downloaded", "a.txt")).status, 204);
     assert_eq!(d.send(&event("job", "job.execution.completed", "a.txt")).status, 204);
@@ -117,7 +118,8 @@ fn sign_prints_the_spec_test_vector() {
     std::fs::write(&secret, "Very Secret Secret\n").unwrap();
     let body = dir.path().join("body");
     std::fs::write(&body, "Hello! This is a test payload.").unwrap();
-    let out = std::process::Command::new(bin()).arg("sign").arg("--secret-file").arg(&secret).arg(&body).output().unwrap();
+    let out =
+        std::process::Command::new(bin()).arg("sign").arg("--secret-file").arg(&secret).arg(&body).output().unwrap();
     assert!(out.status.success());
     assert_eq!(
         String::from_utf8_lossy(&out.stdout).trim(),

@@ -199,11 +199,7 @@ async fn open_ssh(s: &SftpSettings) -> Result<Handle<Client>, RemoteError> {
             SftpAuth::Password(pw) => handle.authenticate_password(&s.username, pw.expose()).await,
             SftpAuth::PrivateKey { path, passphrase } => {
                 let key = russh::keys::load_secret_key(path, passphrase.as_ref().map(|p| p.expose()))
-                    .map_err(|e| russh::Error::Keys(e));
-                let key = match key {
-                    Ok(k) => k,
-                    Err(e) => return Err(e),
-                };
+                    .map_err(russh::Error::Keys)?;
                 let hash = handle.best_supported_rsa_hash().await?.flatten();
                 handle.authenticate_publickey(&s.username, PrivateKeyWithHashAlg::new(Arc::new(key), hash)).await
             }

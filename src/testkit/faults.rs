@@ -84,11 +84,7 @@ impl Faults {
         let mut st = self.state();
         st.drop_generation += 1;
         let generation = st.drop_generation;
-        st.drop_rule = n.map(|after| DropRule {
-            after,
-            once,
-            generation,
-        });
+        st.drop_rule = n.map(|after| DropRule { after, once, generation });
     }
 
     /// Sleep `d` before each reply (every request type); `Duration::ZERO` turns it off.
@@ -100,11 +96,7 @@ impl Faults {
     /// `path_contains` fail with `status`. Rules accumulate; the first match wins.
     /// An empty `path_contains` matches every path.
     pub fn fail(&self, op: Op, path_contains: &str, status: StatusCode) {
-        self.state().failures.push(FailRule {
-            op,
-            needle: path_contains.to_owned(),
-            status,
-        });
+        self.state().failures.push(FailRule { op, needle: path_contains.to_owned(), status });
     }
 
     /// Remove every [`Faults::fail`] rule, leaving other faults armed.
@@ -134,11 +126,7 @@ impl Faults {
 
     /// The status a request of kind `op` on `path` must fail with, if any.
     pub(crate) fn failure_for(&self, op: Op, path: &str) -> Option<StatusCode> {
-        self.state()
-            .failures
-            .iter()
-            .find(|r| r.op == op && path.contains(&r.needle))
-            .map(|r| r.status)
+        self.state().failures.iter().find(|r| r.op == op && path.contains(&r.needle)).map(|r| r.status)
     }
 
     /// The largest READ reply currently allowed by [`Faults::short_reads`].
@@ -210,10 +198,7 @@ mod tests {
     fn failure_rules_match_by_op_and_substring() {
         let f = Faults::new();
         f.fail(Op::Open, "x", StatusCode::PermissionDenied);
-        assert_eq!(
-            f.failure_for(Op::Open, "/a/x.bin"),
-            Some(StatusCode::PermissionDenied)
-        );
+        assert_eq!(f.failure_for(Op::Open, "/a/x.bin"), Some(StatusCode::PermissionDenied));
         assert_eq!(f.failure_for(Op::Stat, "/a/x.bin"), None);
         assert_eq!(f.failure_for(Op::Open, "/a/y.bin"), None);
         f.clear();

@@ -104,16 +104,10 @@ impl TestServer {
     /// Fails if `opts.root` is missing or not a directory, or binding fails.
     pub async fn start(opts: ServerOptions) -> io::Result<TestServer> {
         let root = Arc::new(canonical_root(opts.root).await?);
-        let key =
-            PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(io::Error::other)?;
+        let key = PrivateKey::random(&mut rand::rng(), Algorithm::Ed25519).map_err(io::Error::other)?;
         let host_key = key.public_key().clone();
-        let host_key_openssh = host_key
-            .to_openssh()
-            .map_err(io::Error::other)?
-            .split_whitespace()
-            .take(2)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let host_key_openssh =
+            host_key.to_openssh().map_err(io::Error::other)?.split_whitespace().take(2).collect::<Vec<_>>().join(" ");
 
         let mut methods = MethodSet::empty();
         methods.push(MethodKind::PublicKey);
@@ -172,12 +166,7 @@ impl TestServer {
 
     /// `[127.0.0.1]:PORT ssh-ed25519 AAAA…`, one line for a known_hosts file.
     pub fn known_hosts_line(&self) -> String {
-        format!(
-            "[{}]:{} {}",
-            self.addr.ip(),
-            self.addr.port(),
-            self.host_key_openssh
-        )
+        format!("[{}]:{} {}", self.addr.ip(), self.addr.port(), self.host_key_openssh)
     }
 
     /// Another handle onto the live fault table.
@@ -221,11 +210,7 @@ struct ServerCtx {
 
 impl ServerCtx {
     fn key_allowed(&self, user: &str, key: &PublicKey) -> bool {
-        user == self.username
-            && self
-                .authorized_keys
-                .iter()
-                .any(|k| k.key_data() == key.key_data())
+        user == self.username && self.authorized_keys.iter().any(|k| k.key_data() == key.key_data())
     }
 }
 
@@ -299,10 +284,7 @@ async fn accept_loop(
     }
     drop(listener);
     conns.kill_all();
-    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
-        while tasks.join_next().await.is_some() {}
-    })
-    .await;
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async { while tasks.join_next().await.is_some() {} }).await;
     if drained.is_err() {
         tracing::warn!("test server connections did not end in time; aborting them");
     }
@@ -311,11 +293,7 @@ async fn accept_loop(
 
 /// Keeps a duplicate of the socket for killing it, and builds the connection's
 /// shared context.
-fn register(
-    tcp: TcpStream,
-    id: u64,
-    conns: &Arc<Connections>,
-) -> io::Result<(TcpStream, Arc<ConnCtx>)> {
+fn register(tcp: TcpStream, id: u64, conns: &Arc<Connections>) -> io::Result<(TcpStream, Arc<ConnCtx>)> {
     let _ = tcp.set_nodelay(true);
     let std_tcp = tcp.into_std()?;
     let dup = std_tcp.try_clone()?;
@@ -345,11 +323,7 @@ async fn serve_connection(
     conns: Arc<Connections>,
     conn: Arc<ConnCtx>,
 ) {
-    let handler = SshHandler {
-        ctx,
-        conn,
-        channels: HashMap::new(),
-    };
+    let handler = SshHandler { ctx, conn, channels: HashMap::new() };
     match russh::server::run_stream(config, tcp, handler).await {
         Ok(session) => {
             if let Err(e) = session.await {
@@ -377,21 +351,13 @@ impl russh::server::Handler for SshHandler {
         Ok(if ok { Auth::Accept } else { Auth::reject() })
     }
 
-    async fn auth_publickey_offered(
-        &mut self,
-        user: &str,
-        offer: PublicKeyOffer<'_>,
-    ) -> Result<Auth, Self::Error> {
+    async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
         // Refuse unknown keys before the client bothers signing.
         let ok = self.ctx.key_allowed(user, offer.public_key);
         Ok(if ok { Auth::Accept } else { Auth::reject() })
     }
 
-    async fn auth_publickey(
-        &mut self,
-        user: &str,
-        key: VerifiedPublicKey<'_>,
-    ) -> Result<Auth, Self::Error> {
+    async fn auth_publickey(&mut self, user: &str, key: VerifiedPublicKey<'_>) -> Result<Auth, Self::Error> {
         let ok = self.ctx.key_allowed(user, key.public_key);
         Ok(if ok { Auth::Accept } else { Auth::reject() })
     }
@@ -407,11 +373,7 @@ impl russh::server::Handler for SshHandler {
         Ok(())
     }
 
-    async fn channel_close(
-        &mut self,
-        channel: ChannelId,
-        _session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn channel_close(&mut self, channel: ChannelId, _session: &mut Session) -> Result<(), Self::Error> {
         self.channels.remove(&channel);
         Ok(())
     }
@@ -444,26 +406,14 @@ impl russh::server::Handler for SshHandler {
             let _ = handle.eof(channel_id).await;
         }
         .boxed();
-        let stream = SessionStream::new(
-            channel.into_stream(),
-            self.conn.killed.clone(),
-            Some(on_eof),
-        );
-        let sftp = SftpHandler::new(
-            self.ctx.root.clone(),
-            self.ctx.faults.clone(),
-            self.conn.clone(),
-        );
+        let stream = SessionStream::new(channel.into_stream(), self.conn.killed.clone(), Some(on_eof));
+        let sftp = SftpHandler::new(self.ctx.root.clone(), self.ctx.faults.clone(), self.conn.clone());
         // Spawns the session loop and returns at once.
         russh_sftp::server::run(stream, sftp).await;
         Ok(())
     }
 
-    async fn shell_request(
-        &mut self,
-        channel: ChannelId,
-        session: &mut Session,
-    ) -> Result<(), Self::Error> {
+    async fn shell_request(&mut self, channel: ChannelId, session: &mut Session) -> Result<(), Self::Error> {
         session.channel_failure(channel)?;
         Ok(())
     }

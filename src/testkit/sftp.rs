@@ -19,9 +19,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use russh_sftp::protocol::{
-    Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version,
-};
+use russh_sftp::protocol::{Attrs, Data, File, FileAttributes, Handle, Name, OpenFlags, Status, StatusCode, Version};
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
@@ -86,13 +84,7 @@ type Reply<T> = Result<T, StatusReply>;
 impl SftpHandler {
     /// `root` must already be canonical (symlink checks compare against it).
     pub(crate) fn new(root: Arc<PathBuf>, faults: Faults, conn: Arc<ConnCtx>) -> Self {
-        Self {
-            root,
-            faults,
-            conn,
-            handles: HashMap::new(),
-            next_handle: 0,
-        }
+        Self { root, faults, conn, handles: HashMap::new(), next_handle: 0 }
     }
 
     /// Sleeps for the configured reply delay. Called first in every request, so
@@ -123,9 +115,7 @@ impl SftpHandler {
     }
 
     fn handle(&self, handle: &str) -> Reply<&OpenHandle> {
-        self.handles
-            .get(handle)
-            .ok_or_else(|| StatusCode::Failure.with_message("invalid handle"))
+        self.handles.get(handle).ok_or_else(|| StatusCode::Failure.with_message("invalid handle"))
     }
 
     /// Local path for a following operation (stat, open, opendir): symlinks are
@@ -138,10 +128,7 @@ impl SftpHandler {
             if real.starts_with(&*root) {
                 Ok(real)
             } else {
-                Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    "symlink leads outside the served root",
-                ))
+                Err(io::Error::new(io::ErrorKind::PermissionDenied, "symlink leads outside the served root"))
             }
         })
         .await
@@ -163,10 +150,7 @@ impl SftpHandler {
             if real_parent.starts_with(&*root) {
                 Ok(real_parent.join(name))
             } else {
-                Err(io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    "path leads outside the served root",
-                ))
+                Err(io::Error::new(io::ErrorKind::PermissionDenied, "path leads outside the served root"))
             }
         })
         .await
@@ -190,10 +174,7 @@ impl russh_sftp::server::Handler for SftpHandler {
     async fn realpath(&mut self, id: u32, path: String) -> Reply<Name> {
         self.delay().await;
         let vpath = normalize(&path)?;
-        Ok(Name {
-            id,
-            files: vec![File::dummy(vpath)],
-        })
+        Ok(Name { id, files: vec![File::dummy(vpath)] })
     }
 
     async fn stat(&mut self, id: u32, path: String) -> Reply<Attrs> {
@@ -202,10 +183,7 @@ impl russh_sftp::server::Handler for SftpHandler {
         self.check(Op::Stat, &vpath)?;
         let local = self.resolve_follow(&vpath).await?;
         let md = blocking(move || fs::metadata(local)).await?;
-        Ok(Attrs {
-            id,
-            attrs: attrs_of(&md),
-        })
+        Ok(Attrs { id, attrs: attrs_of(&md) })
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Reply<Attrs> {
@@ -214,10 +192,7 @@ impl russh_sftp::server::Handler for SftpHandler {
         self.check(Op::Stat, &vpath)?;
         let local = self.resolve_nofollow(&vpath).await?;
         let md = blocking(move || fs::symlink_metadata(local)).await?;
-        Ok(Attrs {
-            id,
-            attrs: attrs_of(&md),
-        })
+        Ok(Attrs { id, attrs: attrs_of(&md) })
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Reply<Attrs> {
@@ -234,36 +209,21 @@ impl russh_sftp::server::Handler for SftpHandler {
                 blocking(move || fs::metadata(local)).await?
             }
         };
-        Ok(Attrs {
-            id,
-            attrs: attrs_of(&md),
-        })
+        Ok(Attrs { id, attrs: attrs_of(&md) })
     }
 
-    async fn open(
-        &mut self,
-        id: u32,
-        filename: String,
-        pflags: OpenFlags,
-        _attrs: FileAttributes,
-    ) -> Reply<Handle> {
+    async fn open(&mut self, id: u32, filename: String, pflags: OpenFlags, _attrs: FileAttributes) -> Reply<Handle> {
         self.delay().await;
         let vpath = normalize(&filename)?;
         self.check(Op::Open, &vpath)?;
-        let writing = OpenFlags::WRITE
-            | OpenFlags::APPEND
-            | OpenFlags::CREATE
-            | OpenFlags::TRUNCATE
-            | OpenFlags::EXCLUDE;
+        let writing =
+            OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::EXCLUDE;
         if pflags.intersects(writing) {
             return Err(StatusCode::PermissionDenied.with_message("read-only server"));
         }
         let local = self.resolve_follow(&vpath).await?;
         let file = blocking(move || fs::File::open(local)).await?;
-        let handle = self.insert_handle(OpenHandle::File {
-            file: Arc::new(file),
-            vpath,
-        })?;
+        let handle = self.insert_handle(OpenHandle::File { file: Arc::new(file), vpath })?;
         Ok(Handle { id, handle })
     }
 
@@ -307,12 +267,7 @@ impl russh_sftp::server::Handler for SftpHandler {
         if self.handles.remove(&handle).is_none() {
             return Err(StatusCode::Failure.with_message("invalid handle"));
         }
-        Ok(Status {
-            id,
-            status_code: StatusCode::Ok,
-            error_message: "Ok".to_owned(),
-            language_tag: "en-US".to_owned(),
-        })
+        Ok(Status { id, status_code: StatusCode::Ok, error_message: "Ok".to_owned(), language_tag: "en-US".to_owned() })
     }
 
     async fn opendir(&mut self, id: u32, path: String) -> Reply<Handle> {
@@ -325,13 +280,8 @@ impl russh_sftp::server::Handler for SftpHandler {
             Ok((local, iter))
         })
         .await?;
-        let handle = self.insert_handle(OpenHandle::Dir {
-            vpath,
-            local,
-            iter: Some(iter),
-            dots_sent: false,
-            done: false,
-        })?;
+        let handle =
+            self.insert_handle(OpenHandle::Dir { vpath, local, iter: Some(iter), dots_sent: false, done: false })?;
         Ok(Handle { id, handle })
     }
 
@@ -340,14 +290,7 @@ impl russh_sftp::server::Handler for SftpHandler {
         let vpath = self.handle(&handle)?.vpath().to_owned();
         self.check(Op::Readdir, &vpath)?;
         let root = self.root.clone();
-        let Some(OpenHandle::Dir {
-            local,
-            iter,
-            dots_sent,
-            done,
-            ..
-        }) = self.handles.get_mut(&handle)
-        else {
+        let Some(OpenHandle::Dir { local, iter, dots_sent, done, .. }) = self.handles.get_mut(&handle) else {
             return Err(StatusCode::Failure.with_message("not a directory handle"));
         };
         if *done {
@@ -534,9 +477,7 @@ fn clamp_secs(secs: i64) -> u32 {
 }
 
 fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// SFTPv3 attributes from local metadata: the full `st_mode` (type bits included),
@@ -555,11 +496,7 @@ pub(crate) fn attrs_of(md: &Metadata) -> FileAttributes {
 }
 
 fn dir_entry(name: &str, md: &Metadata, now: i64) -> File {
-    File {
-        filename: name.to_owned(),
-        longname: longname(name, md, now),
-        attrs: attrs_of(md),
-    }
+    File { filename: name.to_owned(), longname: longname(name, md, now), attrs: attrs_of(md) }
 }
 
 /// An `ls -l` line, which OpenSSH's `sftp ls -l` prints verbatim.
@@ -612,9 +549,7 @@ fn mode_string(mode: u32) -> String {
 
 /// `Mon dd HH:MM` for recent times, `Mon dd  YYYY` otherwise (UTC), like ls(1).
 fn ls_time(mtime: i64, now: i64) -> String {
-    const MONTHS: [&str; 12] = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
     const HALF_YEAR: i64 = 182 * 86_400;
     let (year, month, day) = civil_from_days(mtime.div_euclid(86_400));
     let secs = mtime.rem_euclid(86_400);
@@ -653,25 +588,13 @@ pub(crate) struct SessionStream<S> {
 }
 
 impl<S> SessionStream<S> {
-    pub(crate) fn new(
-        inner: S,
-        killed: Arc<AtomicBool>,
-        on_eof: Option<BoxFuture<'static, ()>>,
-    ) -> Self {
-        Self {
-            inner,
-            killed,
-            on_eof,
-        }
+    pub(crate) fn new(inner: S, killed: Arc<AtomicBool>, on_eof: Option<BoxFuture<'static, ()>>) -> Self {
+        Self { inner, killed, on_eof }
     }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for SessionStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         if self.killed.load(Ordering::Acquire) {
             return Poll::Ready(Ok(()));
         }
@@ -692,11 +615,7 @@ impl<S: AsyncRead + Unpin> AsyncRead for SessionStream<S> {
 }
 
 impl<S: AsyncWrite + Unpin> AsyncWrite for SessionStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<io::Result<usize>> {
         if self.killed.load(Ordering::Acquire) {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
@@ -743,10 +662,7 @@ where
 pub(crate) async fn canonical_root(root: PathBuf) -> io::Result<PathBuf> {
     let root = tokio::fs::canonicalize(&root).await?;
     if !tokio::fs::metadata(&root).await?.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} is not a directory", root.display()),
-        ));
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("{} is not a directory", root.display())));
     }
     Ok(root)
 }
@@ -761,14 +677,8 @@ mod tests {
         assert_eq!(normalize("").unwrap(), "/");
         assert_eq!(normalize("/a/./b//c/").unwrap(), "/a/b/c");
         assert_eq!(normalize("a/../b").unwrap(), "/b");
-        assert_eq!(
-            normalize("/..").unwrap_err().status_code,
-            StatusCode::PermissionDenied
-        );
-        assert_eq!(
-            normalize("a/../../etc/passwd").unwrap_err().status_code,
-            StatusCode::PermissionDenied
-        );
+        assert_eq!(normalize("/..").unwrap_err().status_code, StatusCode::PermissionDenied);
+        assert_eq!(normalize("a/../../etc/passwd").unwrap_err().status_code, StatusCode::PermissionDenied);
     }
 
     #[test]
@@ -788,10 +698,7 @@ mod tests {
     fn io_errors_map_like_openssh() {
         let st = |k: io::ErrorKind| status_of(&io::Error::from(k)).status_code;
         assert_eq!(st(io::ErrorKind::NotFound), StatusCode::NoSuchFile);
-        assert_eq!(
-            st(io::ErrorKind::PermissionDenied),
-            StatusCode::PermissionDenied
-        );
+        assert_eq!(st(io::ErrorKind::PermissionDenied), StatusCode::PermissionDenied);
         assert_eq!(st(io::ErrorKind::InvalidInput), StatusCode::Failure);
     }
 }

@@ -27,6 +27,8 @@ pub struct Opts {
     pub max_body: u64,
     pub extra_mirror: String,
     pub concurrency: usize,
+    /// Replaces the `private_key`/`known_hosts` lines of `[sftp]` when set.
+    pub sftp_auth: Option<String>,
 }
 
 impl Default for Opts {
@@ -39,6 +41,7 @@ impl Default for Opts {
             max_body: 1 << 20,
             extra_mirror: String::new(),
             concurrency: 8,
+            sftp_auth: None,
         }
     }
 }
@@ -77,8 +80,7 @@ impl Env {
 host = "127.0.0.1"
 port = {port}
 username = {user:?}
-private_key = {key:?}
-known_hosts = {kh:?}
+{sftp_auth}
 remote_root = {root:?}
 timeout = "10s"
 
@@ -106,8 +108,11 @@ interval = "0s"
 "#,
             port = self.sshd.port(),
             user = self.sshd.user(),
-            key = self.sshd.client_key_path(),
-            kh = self.sshd.known_hosts_path(),
+            sftp_auth = o.sftp_auth.clone().unwrap_or_else(|| format!(
+                "private_key = {:?}\nknown_hosts = {:?}",
+                self.sshd.client_key_path(),
+                self.sshd.known_hosts_path()
+            )),
             root = root,
             mirror = self.mirror(),
             delete = o.delete,

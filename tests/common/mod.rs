@@ -9,4 +9,5 @@ mod sshd;
 
 pub use daemon::*;
 pub use http::*;
+#[allow(unused_imports)]
 pub use sshd::*;

@@ -88,16 +88,10 @@ impl Sshd {
         let keygens = vec![
             keygen(&host_key, "", "sftp-mirror-test-host"),
             keygen(&client_key, "", "sftp-mirror-test-client"),
-            keygen(
-                &client_key_pass,
-                KEY_PASSPHRASE,
-                "sftp-mirror-test-client-passphrase",
-            ),
+            keygen(&client_key_pass, KEY_PASSPHRASE, "sftp-mirror-test-client-passphrase"),
         ];
         for (what, child) in keygens {
-            let out = child
-                .wait_with_output()
-                .unwrap_or_else(|e| panic!("sshd harness: waiting for {what}: {e}"));
+            let out = child.wait_with_output().unwrap_or_else(|e| panic!("sshd harness: waiting for {what}: {e}"));
             check_output(&what, &out);
         }
 
@@ -110,8 +104,7 @@ impl Sshd {
         let host_fingerprint = fingerprint(&host_key_pub);
 
         let remote_dir = p("remote");
-        fs::create_dir(&remote_dir)
-            .unwrap_or_else(|e| panic!("sshd harness: mkdir {}: {e}", remote_dir.display()));
+        fs::create_dir(&remote_dir).unwrap_or_else(|e| panic!("sshd harness: mkdir {}: {e}", remote_dir.display()));
         chmod(&remote_dir, 0o755);
 
         let mut sshd = Sshd {
@@ -244,9 +237,7 @@ impl Sshd {
 
     /// sshd's log so far (all runs of this instance; `LogLevel VERBOSE`).
     pub fn log(&self) -> String {
-        fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        fs::read(&self.log_path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
     }
 
     /// The `authorized_keys` file (both client public keys).
@@ -307,11 +298,7 @@ impl Sshd {
         let host_pub = self.host_public_key();
         let mut fields = host_pub.split_whitespace();
         let (kind, blob) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
-        write(
-            &self.known_hosts,
-            &format!("[127.0.0.1]:{} {kind} {blob}\n", self.port),
-            0o644,
-        );
+        write(&self.known_hosts, &format!("[127.0.0.1]:{} {kind} {blob}\n", self.port), 0o644);
     }
 
     /// Starts the daemon on `self.port` and waits until it is ready.
@@ -333,21 +320,14 @@ impl Sshd {
             .stdout(Stdio::null())
             .stderr(stderr)
             .spawn()
-            .map_err(|e| {
-                SpawnError::Fatal(format!(
-                    "sshd harness: cannot run {SSHD_PATH}: {e}\n{INSTALL_HINT}"
-                ))
-            })?;
+            .map_err(|e| SpawnError::Fatal(format!("sshd harness: cannot run {SSHD_PATH}: {e}\n{INSTALL_HINT}")))?;
         self.child = Some(child);
 
         let listening = format!("Server listening on 127.0.0.1 port {}.", self.port);
         let deadline = Instant::now() + READY_TIMEOUT;
         let mut last_probe = String::from("sshd has not logged that it is listening");
         loop {
-            let status = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten());
+            let status = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
             if let Some(status) = status {
                 self.child = None;
                 let log = self.log_since(log_offset);
@@ -356,13 +336,8 @@ impl Sshd {
                     self.port,
                     self.diagnostics(&log)
                 );
-                let bind_failed = log.contains("Address already in use")
-                    || log.contains("Cannot bind any address");
-                return Err(if bind_failed {
-                    SpawnError::Bind(msg)
-                } else {
-                    SpawnError::Fatal(msg)
-                });
+                let bind_failed = log.contains("Address already in use") || log.contains("Cannot bind any address");
+                return Err(if bind_failed { SpawnError::Bind(msg) } else { SpawnError::Fatal(msg) });
             }
             // The log line proves that *our* process owns the port (not some other
             // server that grabbed it); the banner proves it is accepting.
@@ -410,12 +385,7 @@ impl Drop for Sshd {
             let log = self.log();
             let tail: Vec<&str> = log.lines().rev().take(60).collect();
             let tail: Vec<&str> = tail.into_iter().rev().collect();
-            eprintln!(
-                "--- sshd on port {} log (last {} lines) ---\n{}",
-                self.port,
-                tail.len(),
-                tail.join("\n")
-            );
+            eprintln!("--- sshd on port {} log (last {} lines) ---\n{}", self.port, tail.len(), tail.join("\n"));
         }
     }
 }
@@ -440,15 +410,14 @@ fn preflight() {
         match fs::create_dir_all(privsep) {
             Ok(()) => chmod(privsep, 0o755),
             Err(_) if privsep.is_dir() => {}
-            Err(e) => panic!(
-                "sshd harness: cannot create {}: {e} (run the tests as root)",
-                privsep.display()
-            ),
+            Err(e) => panic!("sshd harness: cannot create {}: {e} (run the tests as root)", privsep.display()),
         }
     }
     static PASSWORD_USER_READY: OnceLock<Result<(), String>> = OnceLock::new();
     if let Err(e) = PASSWORD_USER_READY.get_or_init(ensure_password_user) {
-        panic!("sshd harness: cannot set up password user {PASSWORD_USER}: {e}\n(the tests must run as root, as CI does)");
+        panic!(
+            "sshd harness: cannot set up password user {PASSWORD_USER}: {e}\n(the tests must run as root, as CI does)"
+        );
     }
 }
 
@@ -487,10 +456,7 @@ fn ensure_password_user() -> Result<(), String> {
     // hash (a `!` prefix means locked). chpasswd sets one, which also unlocks.
     let mut set = false;
     for _ in 0..50 {
-        let out = run_with_stdin(
-            Command::new("chpasswd"),
-            &format!("{PASSWORD_USER}:{PASSWORD}\n"),
-        )?;
+        let out = run_with_stdin(Command::new("chpasswd"), &format!("{PASSWORD_USER}:{PASSWORD}\n"))?;
         if out.status.success() {
             set = true;
             break;
@@ -506,17 +472,13 @@ fn ensure_password_user() -> Result<(), String> {
     let out = run(Command::new("passwd").args(["-S", PASSWORD_USER]))?;
     let status = String::from_utf8_lossy(&out.stdout).into_owned();
     if status.split_whitespace().nth(1) != Some("P") {
-        return Err(format!(
-            "password not usable after chpasswd: `passwd -S` says {status:?}"
-        ));
+        return Err(format!("password not usable after chpasswd: `passwd -S` says {status:?}"));
     }
     let out = run(Command::new("getent").args(["passwd", PASSWORD_USER]))?;
     let entry = String::from_utf8_lossy(&out.stdout).into_owned();
     let shell = entry.trim_end().rsplit(':').next().unwrap_or("");
     if shell.is_empty() || !Path::new(shell).is_file() {
-        return Err(format!(
-            "login shell {shell:?} of {PASSWORD_USER} is not usable (getent: {entry:?})"
-        ));
+        return Err(format!("login shell {shell:?} of {PASSWORD_USER} is not usable (getent: {entry:?})"));
     }
     Ok(())
 }
@@ -524,8 +486,7 @@ fn ensure_password_user() -> Result<(), String> {
 fn current_user() -> &'static str {
     static USER: OnceLock<String> = OnceLock::new();
     USER.get_or_init(|| {
-        let out =
-            run(Command::new("id").arg("-un")).unwrap_or_else(|e| panic!("sshd harness: {e}"));
+        let out = run(Command::new("id").arg("-un")).unwrap_or_else(|e| panic!("sshd harness: {e}"));
         check_output("id -un", &out);
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     })
@@ -536,24 +497,14 @@ fn has_per_source_penalties() -> bool {
     static HAS: OnceLock<bool> = OnceLock::new();
     *HAS.get_or_init(|| {
         // `sshd -V` prints e.g. "OpenSSH_9.2, OpenSSL …"; old versions print it in their usage text.
-        let Ok(out) = Command::new(SSHD_PATH)
-            .arg("-V")
-            .stdin(Stdio::null())
-            .output()
-        else {
+        let Ok(out) = Command::new(SSHD_PATH).arg("-V").stdin(Stdio::null()).output() else {
             return false;
         };
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         let Some(rest) = text.split("OpenSSH_").nth(1) else {
             return false;
         };
-        let mut nums = rest
-            .split(|c: char| !c.is_ascii_digit())
-            .map(|n| n.parse::<u32>().ok());
+        let mut nums = rest.split(|c: char| !c.is_ascii_digit()).map(|n| n.parse::<u32>().ok());
         match (nums.next().flatten(), nums.next().flatten()) {
             (Some(major), Some(minor)) => (major, minor) >= (9, 8),
             _ => false,
@@ -610,11 +561,7 @@ fn descendants(root: u32) -> Vec<u32> {
     let mut children: HashMap<u32, Vec<u32>> = HashMap::new();
     if let Ok(entries) = fs::read_dir("/proc") {
         for entry in entries.flatten() {
-            let Some(pid) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| s.parse::<u32>().ok())
-            else {
+            let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
                 continue;
             };
             let Ok(stat) = fs::read_to_string(entry.path().join("stat")) else {
@@ -668,20 +615,16 @@ fn chmod(path: &Path, mode: u32) {
 }
 
 fn read(path: &Path) -> String {
-    fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("sshd harness: read {}: {e}", path.display()))
+    fs::read_to_string(path).unwrap_or_else(|e| panic!("sshd harness: read {}: {e}", path.display()))
 }
 
 fn write(path: &Path, contents: &str, mode: u32) {
-    fs::write(path, contents)
-        .unwrap_or_else(|e| panic!("sshd harness: write {}: {e}", path.display()));
+    fs::write(path, contents).unwrap_or_else(|e| panic!("sshd harness: write {}: {e}", path.display()));
     chmod(path, mode);
 }
 
 fn run(cmd: &mut Command) -> Result<Output, String> {
-    cmd.stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))
+    cmd.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))
 }
 
 fn run_with_stdin(mut cmd: Command, input: &str) -> Result<Output, String> {
@@ -693,13 +636,9 @@ fn run_with_stdin(mut cmd: Command, input: &str) -> Result<Output, String> {
         .spawn()
         .map_err(|e| format!("cannot run {:?}: {e}", cmd.get_program()))?;
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(input.as_bytes())
-            .map_err(|e| format!("writing to {:?}: {e}", cmd.get_program()))?;
+        stdin.write_all(input.as_bytes()).map_err(|e| format!("writing to {:?}: {e}", cmd.get_program()))?;
     }
-    child
-        .wait_with_output()
-        .map_err(|e| format!("waiting for {:?}: {e}", cmd.get_program()))
+    child.wait_with_output().map_err(|e| format!("waiting for {:?}: {e}", cmd.get_program()))
 }
 
 fn describe(what: &str, out: &Output) -> String {
