@@ -15,6 +15,7 @@
 
 pub mod config;
 pub mod daemon;
+pub mod demo;
 pub mod event;
 pub mod journal;
 pub mod mirror;

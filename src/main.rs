@@ -72,6 +72,12 @@ enum Command {
         #[arg(value_name = "ID", required_unless_present = "failed")]
         ids: Vec<String>,
     },
+    /// The whole pipeline on this machine, no account needed.
+    Demo {
+        /// Leave the daemon running and print a curl command to send an event by hand.
+        #[arg(long)]
+        keep_running: bool,
+    },
     /// Print the X-Hub-Signature of a body (stdin by default).
     Sign {
         /// Read the secret from this file instead of the configuration.
@@ -113,8 +119,8 @@ fn load(cli: &Cli) -> Result<Settings, Failure> {
         .map_err(|e| Failure::new(EXIT_CONFIG, anyhow::anyhow!("invalid configuration:\n{e}")))
 }
 
-fn init_logging(cli: &Cli, format: LogFormat) {
-    let default = match (cli.quiet, cli.verbose) {
+fn init_logging(quiet: bool, verbose: u8, format: LogFormat) {
+    let default = match (quiet, verbose) {
         (true, _) => "warn",
         (false, 0) => "info",
         (false, 1) => "sftp_mirror=debug,info",
@@ -150,7 +156,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match &cli.command {
         Command::Serve => {
             let settings = load(&cli)?;
-            init_logging(&cli, settings.log.format);
+            init_logging(cli.quiet, cli.verbose, settings.log.format);
             let token = CancellationToken::new();
             on_signals(token.clone());
             sftp_mirror::daemon::serve(&settings, token).await.map_err(|e| {
@@ -165,9 +171,21 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
         }
         Command::Reconcile { dry_run, no_delete, force, json } => {
             let settings = load(&cli)?;
-            init_logging(&cli, settings.log.format);
+            init_logging(cli.quiet, cli.verbose, settings.log.format);
             let opts = reconcile::Options { dry_run: *dry_run, no_delete: *no_delete, force: *force };
             reconcile_command(&settings, opts, *json, cli.verbose > 0).await
+        }
+        Command::Demo { keep_running } => {
+            // The narration is the output; logs only for errors unless -v.
+            if cli.verbose == 0 && std::env::var_os("RUST_LOG").is_none() {
+                std::env::set_var("RUST_LOG", "error");
+            }
+            init_logging(cli.quiet, cli.verbose, LogFormat::Human);
+            match sftp_mirror::demo::run(*keep_running).await {
+                Ok(true) => Ok(ExitCode::SUCCESS),
+                Ok(false) => Err(Failure::new(EXIT_FAILED, anyhow::anyhow!("the mirror does not equal the remote"))),
+                Err(e) => Err(Failure::new(EXIT_FAILED, e)),
+            }
         }
         Command::Events { status, limit, json } => {
             let settings = load(&cli)?;

@@ -4,7 +4,10 @@
 
 mod common;
 
+mod demo;
 mod events;
+mod faults;
 mod interop;
 mod reconcile;
+mod testkit;
 mod webhook;

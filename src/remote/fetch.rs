@@ -3,9 +3,10 @@
 //! We drive `RawSftpSession` READs ourselves instead of russh-sftp's `File`:
 //! many requests stay in flight (latency hidden), we ask exactly for the bytes
 //! the file has (a small file costs one READ, not a probe plus 16 reads past
-//! its end), and a request that times out on a slow link is asked again with
-//! a smaller window instead of failing the whole file (russh-sftp starts each
-//! request's timeout when it is queued, not when its turn comes).
+//! its end), and the timeout means "no reply at all for `sftp.timeout`", not
+//! "this queued request waited long" (russh-sftp starts each request's clock
+//! when it is queued, which fails deep pipelines on slow links). Should its
+//! backstop timeout still fire, the request is asked again with a smaller window.
 
 use super::session::Conn;
 use super::RemoteError;

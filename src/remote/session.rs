@@ -23,6 +23,8 @@ const WINDOW_SIZE: u32 = 32 * 1024 * 1024;
 const CONNECT_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest delay between connect attempts.
 const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(30);
+/// russh-sftp's own per-request timeout, as a multiple of `sftp.timeout`.
+const QUEUE_TIMEOUT_FACTOR: u32 = 10;
 /// Unanswered keepalives before russh declares the connection dead.
 const KEEPALIVE_MAX: usize = 3;
 
@@ -41,6 +43,8 @@ pub struct Conn {
     handle: Handle<Client>,
     /// Bytes per READ request on this server.
     pub(crate) read_len: u32,
+    /// `sftp.timeout`: how long we wait without any reply before calling the link dead.
+    pub(crate) timeout: Duration,
     id: u64,
 }
 
@@ -55,7 +59,10 @@ impl Conn {
     /// # Errors
     /// A [`RemoteError`] for anything but "no such file".
     pub async fn lstat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
-        match self.sftp.lstat(path).await {
+        let r = tokio::time::timeout(self.timeout, self.sftp.lstat(path))
+            .await
+            .map_err(|_| RemoteError::Timeout { path: path.to_owned() })?;
+        match r {
             Ok(a) => Ok(Some(RemoteEntry::from_attrs(&a.attrs))),
             Err(e) => match RemoteError::from_sftp(path, e) {
                 RemoteError::Status { code: StatusCode::NoSuchFile, .. } => Ok(None),
@@ -229,7 +236,14 @@ async fn open_conn(s: &SftpSettings, id: u64) -> Result<Conn, RemoteError> {
     let setup = async {
         let channel = handle.channel_open_session().await.map_err(transport)?;
         channel.request_subsystem(true, "sftp").await.map_err(transport)?;
-        let cfg = russh_sftp::client::Config { request_timeout_secs: s.timeout.as_secs().max(1), ..Default::default() };
+        // russh-sftp starts a request's clock when it is queued, so a deep read
+        // pipeline on a slow link would time out requests that are merely waiting
+        // their turn. Its clock is only a backstop here; `sftp.timeout` is enforced
+        // by us as "no reply at all for that long" (see `fetch`).
+        let cfg = russh_sftp::client::Config {
+            request_timeout_secs: (s.timeout * QUEUE_TIMEOUT_FACTOR).as_secs().max(1),
+            ..Default::default()
+        };
         let mut sftp = RawSftpSession::new_with_config(channel.into_stream(), cfg);
         let version = sftp.init().await.map_err(|e| RemoteError::from_sftp("(init)", e))?;
         let mut read_len = MAX_READ_LEN;
@@ -246,8 +260,8 @@ async fn open_conn(s: &SftpSettings, id: u64) -> Result<Conn, RemoteError> {
     };
     let (sftp, read_len) = tokio::time::timeout(s.timeout, setup)
         .await
-        .map_err(|_| RemoteError::Transport("SFTP subsystem did not start in time".into()))??;
-    Ok(Conn { sftp, handle, read_len, id })
+        .map_err(|_| RemoteError::Transport(format!("SFTP subsystem start timed out after {:?}", s.timeout)))??;
+    Ok(Conn { sftp, handle, read_len, timeout: s.timeout, id })
 }
 
 /// Connects once with no trust and returns the key the server shows

@@ -23,10 +23,18 @@ pub struct RemoteDirEntry {
 /// A [`RemoteError`]; `NoSuchFile` when the directory is gone.
 pub async fn list_dir(conn: &Conn, path: &str) -> Result<Vec<RemoteDirEntry>, RemoteError> {
     let sftp = &conn.sftp;
-    let handle = sftp.opendir(path).await.map_err(|e| RemoteError::from_sftp(path, e))?.handle;
+    let timeout = |_| RemoteError::Timeout { path: path.to_owned() };
+    let handle = tokio::time::timeout(conn.timeout, sftp.opendir(path))
+        .await
+        .map_err(timeout)?
+        .map_err(|e| RemoteError::from_sftp(path, e))?
+        .handle;
     let mut out = Vec::new();
     let result = loop {
-        match sftp.readdir(handle.clone()).await {
+        let Ok(batch) = tokio::time::timeout(conn.timeout, sftp.readdir(handle.clone())).await else {
+            break Err(RemoteError::Timeout { path: path.to_owned() });
+        };
+        match batch {
             Ok(name) => out.extend(
                 name.files
                     .into_iter()

@@ -31,3 +31,6 @@ mod sftp;
 pub use faults::{Faults, Op};
 pub use server::{ServerOptions, TestServer};
 pub use sftp::{serve_stream, MAX_HANDLES, MAX_READ_LEN, READDIR_BATCH};
+
+mod client;
+pub use client::{client_settings, generate_client_key};

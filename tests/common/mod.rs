@@ -4,10 +4,12 @@
 #![allow(dead_code)]
 
 mod daemon;
+mod embedded;
 mod http;
 mod sshd;
 
 pub use daemon::*;
+pub use embedded::*;
 pub use http::*;
 #[allow(unused_imports)]
 pub use sshd::*;

@@ -1,0 +1,100 @@
+//! Each fault mode of the embedded server against our client: it either
+//! reconnects and completes byte-identical, or fails with a clear error and
+//! leaves no partial file.
+
+use crate::common::*;
+use russh_sftp::protocol::StatusCode;
+use sftp_mirror::event::RemotePath;
+use sftp_mirror::sync::reconcile;
+use sftp_mirror::sync::Action;
+use sftp_mirror::testkit::Op;
+use std::time::Duration;
+
+fn p(s: &str) -> RemotePath {
+    RemotePath::parse(s).unwrap()
+}
+
+fn staging_empty(e: &Embedded) -> bool {
+    std::fs::read_dir(e.mirror().join(".sftp-mirror/staging")).map(|d| d.count() == 0).unwrap_or(true)
+}
+
+#[tokio::test]
+async fn a_connection_dropped_mid_download_is_replaced_and_the_file_completes() {
+    let e = Embedded::start().await;
+    let data = pattern(4 << 20);
+    e.put("big.bin", &data);
+    e.faults().drop_once_after_read_bytes(1 << 20);
+    let s = e.syncer();
+    let r = s.apply(&p("big.bin")).await.unwrap();
+    assert_eq!(r, Action::Downloaded(4 << 20));
+    assert_eq!(std::fs::read(e.mirror().join("big.bin")).unwrap(), data);
+    assert!(e.server.connections_accepted() >= 2, "a new connection was made");
+    assert!(staging_empty(&e));
+}
+
+#[tokio::test]
+async fn short_reads_still_give_identical_bytes() {
+    let e = Embedded::start().await;
+    let data = pattern(700_001);
+    e.put("odd.bin", &data);
+    e.faults().short_reads(Some(1000));
+    let s = e.syncer();
+    assert_eq!(s.apply(&p("odd.bin")).await.unwrap(), Action::Downloaded(700_001));
+    assert_eq!(std::fs::read(e.mirror().join("odd.bin")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn a_slow_link_does_not_trip_the_request_timeout_into_a_failure() {
+    let mut e = Embedded::start().await;
+    // Every reply takes 300 ms and the server answers one request at a time: with
+    // 40 reads queued, later ones wait up to 12 s, far beyond the 2 s timeout.
+    e.settings.sftp.timeout = Duration::from_secs(2);
+    let data = pattern(40 * 255 * 1024 + 17);
+    e.put("slow.bin", &data);
+    let s = e.syncer();
+    s.remote.conn().await.unwrap();
+    e.faults().delay_replies(Duration::from_millis(300));
+    assert!(matches!(s.apply(&p("slow.bin")).await.unwrap(), Action::Downloaded(_)));
+    // But a link that stops answering altogether is a clear timeout error.
+    e.faults().delay_replies(Duration::from_secs(5));
+    e.put("stuck.bin", b"stuck");
+    let err = s.apply(&p("stuck.bin")).await.unwrap_err().to_string();
+    assert!(err.contains("timed out"), "{err}");
+    assert!(!e.mirror().join("stuck.bin").exists());
+    assert_eq!(std::fs::read(e.mirror().join("slow.bin")).unwrap(), data);
+}
+
+#[tokio::test]
+async fn refused_open_and_stat_fail_clearly_with_no_partial_file() {
+    let e = Embedded::start().await;
+    e.put("locked.bin", &pattern(100_000));
+    e.put("hidden.txt", b"x");
+    e.faults().fail(Op::Open, "locked", StatusCode::PermissionDenied);
+    e.faults().fail(Op::Stat, "hidden", StatusCode::Failure);
+    let s = e.syncer();
+    let err = s.apply(&p("locked.bin")).await.unwrap_err().to_string();
+    assert!(err.contains("/locked.bin") && err.contains("PermissionDenied"), "{err}");
+    let err = s.apply(&p("hidden.txt")).await.unwrap_err().to_string();
+    assert!(err.contains("/hidden.txt") && err.contains("Failure"), "{err}");
+    assert!(!e.mirror().join("locked.bin").exists() && !e.mirror().join("hidden.txt").exists());
+    assert!(staging_empty(&e));
+    // Once the fault is gone, the same apply succeeds.
+    e.faults().clear();
+    assert!(matches!(s.apply(&p("locked.bin")).await.unwrap(), Action::Downloaded(100_000)));
+}
+
+#[tokio::test]
+async fn a_refused_listing_stops_reconcile_before_it_changes_anything() {
+    let e = Embedded::start().await;
+    e.put("a/x.txt", b"x");
+    e.put("b/y.txt", b"y");
+    std::fs::create_dir_all(e.mirror()).unwrap();
+    std::fs::write(e.mirror().join("local.txt"), b"local").unwrap();
+    e.faults().fail(Op::Readdir, "/b", StatusCode::PermissionDenied);
+    let s = e.syncer();
+    let r = reconcile::run(&s, reconcile::Options::default(), 1.0, 4, &reconcile::Quiet, &mut |_| {}).await;
+    let err = r.unwrap_err().to_string();
+    assert!(err.contains("/b") && err.contains("PermissionDenied"), "{err}");
+    assert!(e.mirror().join("local.txt").exists(), "nothing deleted on a partial listing");
+    assert!(!e.mirror().join("a/x.txt").exists(), "nothing changed before the plan was complete");
+}
