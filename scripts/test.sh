@@ -8,6 +8,8 @@ need=()
 [ -x /usr/sbin/sshd ] || need+=(openssh-server)
 command -v sftp >/dev/null 2>&1 || need+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
+command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: the tests need ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

@@ -148,6 +148,8 @@ pub struct WebhookSettings {
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for TLS.
     pub tls_key: Option<PathBuf>,
+    /// Deadline for a client's TLS handshake and request headers (slowloris).
+    pub header_timeout: Duration,
 }
 
 /// `[admin]`
@@ -155,6 +157,8 @@ pub struct WebhookSettings {
 pub struct AdminSettings {
     /// Health/metrics listener; `None` when disabled.
     pub listen: Option<SocketAddr>,
+    /// `/healthz` reports the SFTP server down once unreachable this long.
+    pub sftp_down_after: Duration,
 }
 
 /// `[journal]`
@@ -164,6 +168,8 @@ pub struct JournalSettings {
     pub path: PathBuf,
     /// How long finished rows are kept.
     pub keep_done: Duration,
+    /// Applies tried before an event is marked failed.
+    pub max_attempts: u32,
 }
 
 /// `[reconcile]`
@@ -243,10 +249,11 @@ const KEYS: &[(&str, &[&str])] = &[
             "max_body",
             "tls_cert",
             "tls_key",
+            "header_timeout",
         ],
     ),
-    ("admin", &["listen"]),
-    ("journal", &["path", "keep_done"]),
+    ("admin", &["listen", "sftp_down_after"]),
+    ("journal", &["path", "keep_done", "max_attempts"]),
     ("reconcile", &["on_start", "interval"]),
     ("log", &["format"]),
 ];
@@ -738,16 +745,22 @@ fn validate(r: &mut Reader, opts: LoadOptions) -> Option<Settings> {
     if tls_cert.is_some() != tls_key.is_some() {
         r.problems.push("webhook: set both tls_cert and tls_key, or neither".into());
     }
+    let header_timeout = r.duration("webhook", "header_timeout", Duration::from_secs(10));
+    if header_timeout.is_zero() {
+        r.problem("webhook", "header_timeout", "must be more than 0s");
+    }
 
     // [admin]
     let admin_listen = match r.string("admin", "listen") {
         Some(s) if s.trim().is_empty() || s.trim().eq_ignore_ascii_case("off") => None,
         _ => r.addr("admin", "listen", "127.0.0.1:9797"),
     };
+    let sftp_down_after = r.duration("admin", "sftp_down_after", Duration::from_secs(60));
 
     // [journal]
     let journal_path = r.path("journal", "path").unwrap_or_else(|| "/var/lib/sftp-mirror/journal.db".into());
     let keep_done = r.duration("journal", "keep_done", Duration::from_secs(7 * 86400));
+    let max_attempts = r.number("journal", "max_attempts", crate::journal::MAX_ATTEMPTS, (1, 1000));
 
     // [reconcile]
     let on_start = r.bool("reconcile", "on_start", true);
@@ -785,9 +798,10 @@ fn validate(r: &mut Reader, opts: LoadOptions) -> Option<Settings> {
             max_body,
             tls_cert,
             tls_key,
+            header_timeout,
         },
-        admin: AdminSettings { listen: admin_listen },
-        journal: JournalSettings { path: journal_path, keep_done },
+        admin: AdminSettings { listen: admin_listen, sftp_down_after },
+        journal: JournalSettings { path: journal_path, keep_done, max_attempts },
         reconcile: ReconcileSettings { on_start, interval: (!interval.is_zero()).then_some(interval) },
         log: LogSettings { format },
     })

@@ -1,13 +1,16 @@
 //! `sftp-mirror serve`: wires journal, mirror, remote, the webhook listener and
 //! the workers together, and runs them until the shutdown token fires.
 
+use crate::admin;
 use crate::config::Settings;
 use crate::journal::{now_ms, Journal, JournalError};
 use crate::mirror::{Mirror, MirrorError};
 use crate::remote::{Remote, RemoteError};
 use crate::sync::{dispatch, reconcile, Filter, PathLocks, Syncer};
+use crate::webhook::server::{self, load_tls, TlsState};
 use crate::webhook::{self, Intake, Verifier};
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -41,6 +44,9 @@ pub enum ServeError {
     /// The SFTP server refused us (host key, credentials): retrying cannot help.
     #[error(transparent)]
     Access(RemoteError),
+    /// The TLS certificate or key could not be loaded.
+    #[error(transparent)]
+    Tls(#[from] crate::webhook::server::TlsError),
     /// Bad include/exclude patterns.
     #[error("mirror.include/exclude: {0}")]
     Filter(#[from] globset::Error),
@@ -58,6 +64,29 @@ pub struct Running {
     pub journal: Journal,
     /// The last reconcile pass, if any ran.
     pub last_reconcile: Arc<std::sync::Mutex<Option<LastReconcile>>>,
+    /// The bound admin address, if enabled.
+    pub admin_addr: Option<SocketAddr>,
+    /// The TLS configuration, when the webhook serves HTTPS.
+    pub tls: Option<TlsState>,
+}
+
+impl Running {
+    /// Applies what can change without a restart: webhook secrets, the
+    /// Authorization value and the TLS certificate. In-flight requests finish
+    /// with the old values.
+    ///
+    /// # Errors
+    /// When the new certificate cannot be loaded (the old one stays).
+    pub fn reload(&self, new: &Settings) -> Result<(), ServeError> {
+        let wh = &new.webhook;
+        if let (Some(state), Some(cert), Some(key)) = (&self.tls, &wh.tls_cert, &wh.tls_key) {
+            state.replace(load_tls(cert, key)?);
+        }
+        let verifier = Verifier::new(wh.secrets.clone(), wh.authorization.as_ref());
+        *self.intake.verifier.write().expect("not poisoned") = Arc::new(verifier);
+        tracing::info!("reloaded webhook secrets{}", if self.tls.is_some() { " and TLS certificate" } else { "" });
+        Ok(())
+    }
 }
 
 /// When the last reconcile pass ended and how.
@@ -97,7 +126,7 @@ pub async fn start(
     shutdown: CancellationToken,
 ) -> Result<(Running, tokio::task::JoinHandle<()>), ServeError> {
     let journal_path = settings.journal.path.display().to_string();
-    let journal = Journal::open(&settings.journal.path)
+    let journal = Journal::open_with(&settings.journal.path, settings.journal.max_attempts)
         .map_err(|source| ServeError::Journal { path: journal_path.clone(), source })?;
     let syncer = Arc::new(syncer(settings)?);
 
@@ -126,18 +155,20 @@ pub async fn start(
         filter: syncer.filter.clone(),
         stats: Default::default(),
     });
+    let tls = match (&wh.tls_cert, &wh.tls_key) {
+        (Some(c), Some(k)) => Some(TlsState::new(load_tls(c, k)?)),
+        _ => None,
+    };
     let listener = tokio::net::TcpListener::bind(wh.listen)
         .await
         .map_err(|source| ServeError::Bind { addr: wh.listen, source })?;
     let webhook_addr = listener.local_addr().map_err(|source| ServeError::Bind { addr: wh.listen, source })?;
-    tracing::info!("webhook listening on http://{webhook_addr}{}", wh.path);
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    tracing::info!("webhook listening on {scheme}://{webhook_addr}{}", wh.path);
 
     let mut tasks = tokio::task::JoinSet::new();
-    let stop = shutdown.clone();
-    let server = warp::serve(webhook::routes(intake.clone())).incoming(listener).graceful(async move {
-        stop.cancelled().await;
-    });
-    tasks.spawn(server.run());
+    let svc = warp::service(webhook::routes(intake.clone()));
+    tasks.spawn(server::serve(listener, svc, tls.clone(), wh.header_timeout, shutdown.clone()));
     tasks.spawn(dispatch::run(
         journal.clone(),
         syncer.clone(),
@@ -184,8 +215,26 @@ pub async fn start(
             }
         });
     }
+    let admin_addr = match settings.admin.listen {
+        None => None,
+        Some(addr) => {
+            let l = tokio::net::TcpListener::bind(addr).await.map_err(|source| ServeError::Bind { addr, source })?;
+            let bound = l.local_addr().map_err(|source| ServeError::Bind { addr, source })?;
+            let state = admin::AdminState {
+                intake: intake.clone(),
+                syncer: syncer.clone(),
+                journal: journal.clone(),
+                last_reconcile: last_reconcile.clone(),
+                sftp_down_after: settings.admin.sftp_down_after,
+            };
+            let svc = warp::service(admin::routes(state));
+            tasks.spawn(server::serve(l, svc, None, wh.header_timeout, shutdown.clone()));
+            tracing::info!("admin listening on http://{bound} (/healthz, /metrics)");
+            Some(bound)
+        }
+    };
     let handle = tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
-    Ok((Running { webhook_addr, intake, syncer, journal, last_reconcile }, handle))
+    Ok((Running { webhook_addr, intake, syncer, journal, last_reconcile, admin_addr, tls }, handle))
 }
 
 /// One reconcile pass inside the daemon, logged with its summary.
@@ -214,13 +263,53 @@ async fn reconcile_pass(syncer: &Arc<Syncer>, ratio: f64, concurrency: usize) ->
     LastReconcile { at_ms: now_ms(), ok, result }
 }
 
-/// Runs the daemon until `shutdown`, then drains.
+/// Runs the daemon until SIGTERM/SIGINT (or `shutdown`), then drains.
+/// Tells systemd READY once listening, reloads secrets and certificates from
+/// `config` on SIGHUP.
 ///
 /// # Errors
 /// As [`start`].
-pub async fn serve(settings: &Settings, shutdown: CancellationToken) -> Result<(), ServeError> {
-    let (_running, handle) = start(settings, shutdown).await?;
+pub async fn serve(
+    settings: &Settings,
+    config: Option<PathBuf>,
+    shutdown: CancellationToken,
+) -> Result<(), ServeError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let sig = |k| signal(k).map_err(|source| ServeError::Bind { addr: settings.webhook.listen, source });
+    let (mut term, mut int, mut hup) =
+        (sig(SignalKind::terminate())?, sig(SignalKind::interrupt())?, sig(SignalKind::hangup())?);
+    let (running, mut handle) = start(settings, shutdown.clone()).await?;
+    notify(&[sd_notify::NotifyState::Ready]);
+    loop {
+        tokio::select! {
+            _ = term.recv() => { tracing::info!("SIGTERM: shutting down"); break; }
+            _ = int.recv() => { tracing::info!("SIGINT: shutting down"); break; }
+            _ = shutdown.cancelled() => break,
+            _ = &mut handle => { tracing::error!("all daemon tasks ended"); break; }
+            _ = hup.recv() => {
+                notify(&[sd_notify::NotifyState::Reloading]);
+                match Settings::load(config.as_deref()) {
+                    Ok(new) => {
+                        if let Err(e) = running.reload(&new) {
+                            tracing::error!("reload failed, keeping the old settings: {e}");
+                        }
+                    }
+                    Err(e) => tracing::error!("reload failed, keeping the old settings: invalid configuration: {e}"),
+                }
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+        }
+    }
+    notify(&[sd_notify::NotifyState::Stopping]);
+    shutdown.cancel();
     let _ = handle.await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Tells systemd (Type=notify) about our state; a no-op outside systemd.
+fn notify(state: &[sd_notify::NotifyState<'_>]) {
+    if let Err(e) = sd_notify::notify(state) {
+        tracing::debug!("sd_notify: {e}");
+    }
 }

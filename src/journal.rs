@@ -18,8 +18,9 @@ use std::sync::mpsc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::oneshot;
 
-/// Applies tried before a row is marked `failed` (the periodic reconcile and
-/// `retry` still cover it). With the backoff below this spans about 1.5 hours.
+/// Default applies tried before a row is marked `failed` (`journal.max_attempts`;
+/// the periodic reconcile and `retry` still cover it). With the backoff below
+/// this spans about 1.5 hours.
 pub const MAX_ATTEMPTS: u32 = 20;
 /// First retry delay; doubles per attempt.
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
@@ -164,6 +165,7 @@ type Request = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 #[derive(Clone)]
 pub struct Journal {
     tx: mpsc::Sender<Request>,
+    max_attempts: u32,
 }
 
 const SCHEMA: &str = "
@@ -203,6 +205,14 @@ impl Journal {
     /// # Errors
     /// When the folder cannot be created or SQLite cannot open or migrate the file.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
+        Self::open_with(path, MAX_ATTEMPTS)
+    }
+
+    /// [`Journal::open`] with the number of applies tried before a row is `failed`.
+    ///
+    /// # Errors
+    /// As [`Journal::open`].
+    pub fn open_with(path: &Path, max_attempts: u32) -> Result<Journal, JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|source| JournalError::Io { path: dir.display().to_string(), source })?;
@@ -222,7 +232,7 @@ impl Journal {
             .name("journal".into())
             .spawn(move || run(conn, rx))
             .map_err(|source| JournalError::Io { path: "journal thread".into(), source })?;
-        Ok(Journal { tx })
+        Ok(Journal { tx, max_attempts: max_attempts.max(1) })
     }
 
     /// Runs `f` inside the next group transaction and returns its result once
@@ -339,6 +349,7 @@ impl Journal {
     /// # Errors
     /// On a database error.
     pub async fn fail(&self, seqs: Vec<i64>, error: String) -> Result<(), JournalError> {
+        let max_attempts = self.max_attempts;
         self.call(move |c| {
             let now = now_ms();
             let mut get = c.prepare_cached("SELECT attempts FROM events WHERE seq = ?1")?;
@@ -348,7 +359,7 @@ impl Journal {
             )?;
             for s in seqs {
                 let attempts: u32 = get.query_row(params![s], |r| r.get::<_, u32>(0))? + 1;
-                let status = if attempts >= MAX_ATTEMPTS { Status::Failed } else { Status::Pending };
+                let status = if attempts >= max_attempts { Status::Failed } else { Status::Pending };
                 let next = now + backoff(attempts).as_millis() as i64;
                 st.execute(params![s, status.as_str(), attempts, next, error, now])?;
             }
@@ -445,6 +456,19 @@ impl Journal {
                 "DELETE FROM events WHERE status IN ('done', 'ignored') AND updated_ms < ?1",
                 params![older_than_ms],
             )
+        })
+        .await
+    }
+
+    /// Proves the journal can still commit a write (for `/healthz`).
+    ///
+    /// # Errors
+    /// On a database error (disk full, read-only …).
+    pub async fn probe(&self) -> Result<(), JournalError> {
+        self.call(|c| {
+            c.execute("CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v INTEGER NOT NULL)", [])?;
+            c.execute("INSERT OR REPLACE INTO meta (k, v) VALUES ('health_probe', ?1)", params![now_ms()])?;
+            Ok(())
         })
         .await
     }

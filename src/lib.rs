@@ -13,6 +13,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod admin;
+pub mod check;
 pub mod config;
 pub mod daemon;
 pub mod demo;

@@ -51,6 +51,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Validate config, connect, verify the host key, log in, probe the mirror.
+    Check {
+        /// Record the server's host key in sftp.known_hosts (trust on first use);
+        /// refuses if a different key is already recorded.
+        #[arg(long)]
+        trust_host_key: bool,
+    },
     /// The journal: received events and what became of them.
     Events {
         /// Only this status: pending, running, done, failed, ignored.
@@ -134,32 +141,13 @@ fn init_logging(quiet: bool, verbose: u8, format: LogFormat) {
     };
 }
 
-/// SIGTERM or SIGINT cancels the token.
-fn on_signals(token: CancellationToken) {
-    tokio::spawn(async move {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::error!("cannot watch SIGTERM: {e}");
-                return;
-            }
-        };
-        tokio::select! {
-            _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-            _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
-        }
-        token.cancel();
-    });
-}
-
 async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     match &cli.command {
         Command::Serve => {
             let settings = load(&cli)?;
             init_logging(cli.quiet, cli.verbose, settings.log.format);
             let token = CancellationToken::new();
-            on_signals(token.clone());
-            sftp_mirror::daemon::serve(&settings, token).await.map_err(|e| {
+            sftp_mirror::daemon::serve(&settings, config_path(&cli), token).await.map_err(|e| {
                 let code = match e {
                     sftp_mirror::daemon::ServeError::Access(_) => EXIT_ACCESS,
                     sftp_mirror::daemon::ServeError::Bind { .. } => EXIT_CONFIG,
@@ -186,6 +174,14 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                 Ok(false) => Err(Failure::new(EXIT_FAILED, anyhow::anyhow!("the mirror does not equal the remote"))),
                 Err(e) => Err(Failure::new(EXIT_FAILED, e)),
             }
+        }
+        Command::Check { trust_host_key } => {
+            init_logging(true, cli.verbose, LogFormat::Human);
+            let env: HashMap<String, String> = std::env::vars().collect();
+            let code =
+                sftp_mirror::check::run(config_path(&cli).as_deref(), &env, *trust_host_key, &mut std::io::stdout())
+                    .await;
+            Ok(ExitCode::from(code))
         }
         Command::Events { status, limit, json } => {
             let settings = load(&cli)?;

@@ -9,5 +9,6 @@ mod events;
 mod faults;
 mod interop;
 mod reconcile;
+mod service;
 mod testkit;
 mod webhook;

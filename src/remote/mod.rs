@@ -15,7 +15,7 @@ mod session;
 mod walk;
 
 pub use fetch::{download, Downloaded, LocalOrRemote};
-pub use session::{probe_host_key, Conn, Remote};
+pub use session::{probe_host_key, verify_host_key, Conn, Remote};
 pub use walk::{list_dir, RemoteDirEntry};
 
 use russh_sftp::protocol::StatusCode;

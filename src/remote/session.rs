@@ -277,6 +277,19 @@ pub async fn probe_host_key(s: &SftpSettings) -> Result<PublicKey, RemoteError> 
     }
 }
 
+/// Connects and checks the host key against the configured policy, without
+/// logging in (`check`). Returns the key the server showed.
+///
+/// # Errors
+/// The host-key verdict or the connect error.
+pub async fn verify_host_key(s: &SftpSettings) -> Result<PublicKey, RemoteError> {
+    match handshake(s, Some(s.host_keys.clone())).await {
+        (Ok(_), Some(k)) => Ok(k),
+        (Ok(_), None) => Err(RemoteError::Transport("handshake finished without a host key".into())),
+        (Err(e), _) => Err(e),
+    }
+}
+
 #[derive(Default)]
 struct Backoff {
     failures: u32,
@@ -295,6 +308,8 @@ struct Inner {
     ids: AtomicU64,
     connects: AtomicU64,
     backoff: Mutex<Backoff>,
+    /// Since when every connect has failed (None while reachable).
+    down_since: Mutex<Option<Instant>>,
 }
 
 /// The connection supervisor: a cheap, cloneable handle to a pool of
@@ -316,6 +331,7 @@ impl Remote {
                 ids: AtomicU64::new(0),
                 connects: AtomicU64::new(0),
                 backoff: Mutex::new(Backoff::default()),
+                down_since: Mutex::new(None),
             }),
         }
     }
@@ -374,6 +390,7 @@ impl Remote {
                 *guard = Some(c.clone());
                 self.inner.connects.fetch_add(1, Ordering::Relaxed);
                 *self.inner.backoff.lock().expect("not poisoned") = Backoff::default();
+                *self.inner.down_since.lock().expect("not poisoned") = None;
                 tracing::debug!(conn = id, "SFTP connection established");
                 Ok(c)
             }
@@ -383,9 +400,21 @@ impl Remote {
                 let exp = CONNECT_BACKOFF.saturating_mul(1 << b.failures.min(8)).min(MAX_CONNECT_BACKOFF);
                 b.until = Some(Instant::now() + exp / 2 + exp.mul_f64(fastrand::f64() / 2.0));
                 b.last = e.to_string();
+                self.inner.down_since.lock().expect("not poisoned").get_or_insert_with(Instant::now);
                 Err(e)
             }
         }
+    }
+
+    /// How long the server has been unreachable (every connect failing), if it is.
+    pub fn down_for(&self) -> Option<Duration> {
+        self.inner.down_since.lock().expect("not poisoned").map(|t| t.elapsed())
+    }
+
+    /// The last connect error, if connects are failing.
+    pub fn last_error(&self) -> Option<String> {
+        let b = self.inner.backoff.lock().expect("not poisoned");
+        (b.failures > 0).then(|| b.last.clone())
     }
 
     /// Drops `conn` from its slot after a transport error, so the next caller reconnects.

@@ -58,6 +58,22 @@ pub struct SyncStats {
     pub removed: AtomicU64,
     /// Applies that failed.
     pub failed: AtomicU64,
+    /// Applies by (action, result) for `/metrics`.
+    pub applies: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
+}
+
+impl Action {
+    /// A short label for metrics and logs.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Action::Downloaded(_) => "download",
+            Action::MadeDir => "mkdir",
+            Action::Removed => "remove",
+            Action::Unchanged => "unchanged",
+            Action::KeptNoDelete => "kept",
+            Action::Skipped(_) => "skipped",
+        }
+    }
 }
 
 /// Everything an apply needs: both sides, the rules, and the shared limits.
@@ -85,6 +101,15 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Syncer {
+    /// Counts an apply's outcome for `/metrics` (`kind` is "event" or "reconcile").
+    pub fn count(&self, kind: &'static str, r: &Result<Action, ApplyError>) {
+        let key = match r {
+            Ok(a) => (a.label(), "ok"),
+            Err(_) => (kind, "error"),
+        };
+        *self.stats.applies.lock().expect("not poisoned").entry(key).or_default() += 1;
+    }
+
     /// Makes the mirror match the remote for `path`. Takes the path lock.
     ///
     /// # Errors

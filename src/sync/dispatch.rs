@@ -92,7 +92,9 @@ pub async fn run(
             let span = tracing::info_span!("apply", event = %job.event_id, path = %path);
             tasks.spawn(tracing::Instrument::instrument(
                 async move {
-                    let result = syncer.apply_locked(&path).await.map_err(|e| e.to_string());
+                    let result = syncer.apply_locked(&path).await;
+                    syncer.count("event", &result);
+                    let result = result.map_err(|e| e.to_string());
                     drop(guard);
                     let _ = tx.send(Done { seqs, result });
                 },

@@ -431,7 +431,10 @@ async fn execute(s: &Syncer, op: &Op) -> Result<Action, ApplyError> {
             Err(e) if attempt < OP_ATTEMPTS && !matches!(&e, ApplyError::Remote(r) if r.is_access_error()) => {
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt))).await;
             }
-            r => return r,
+            r => {
+                s.count("reconcile", &r);
+                return r;
+            }
         }
     }
 }

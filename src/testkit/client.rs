@@ -70,9 +70,14 @@ pub fn client_settings(
             max_body: 1 << 20,
             tls_cert: None,
             tls_key: None,
+            header_timeout: Duration::from_secs(10),
         },
-        admin: AdminSettings { listen: None },
-        journal: JournalSettings { path: state.join("journal.db"), keep_done: Duration::from_secs(86400) },
+        admin: AdminSettings { listen: None, sftp_down_after: Duration::from_secs(60) },
+        journal: JournalSettings {
+            path: state.join("journal.db"),
+            keep_done: Duration::from_secs(86400),
+            max_attempts: crate::journal::MAX_ATTEMPTS,
+        },
         reconcile: ReconcileSettings { on_start: false, interval: None },
         log: LogSettings { format: LogFormat::Human },
     })

@@ -10,8 +10,9 @@ use crate::journal::{Journal, NewEvent, Recorded};
 use crate::sync::Filter;
 use bytes::{Buf, BytesMut};
 use futures::{Stream, StreamExt};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 use tokio::sync::Notify;
 use warp::http::{HeaderMap, Method, StatusCode};
@@ -23,23 +24,32 @@ pub const JOURNAL_DEADLINE: Duration = Duration::from_secs(4);
 /// How long the body may take to arrive.
 pub const BODY_DEADLINE: Duration = Duration::from_secs(10);
 
+/// Upper bounds (seconds) of the request latency histogram buckets.
+pub const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+
 /// Intake counters (exposed on `/metrics`).
 #[derive(Debug, Default)]
 pub struct IntakeStats {
-    /// Answered 204 and newly queued.
-    pub queued: AtomicU64,
-    /// Answered 204: duplicate id.
-    pub duplicate: AtomicU64,
-    /// Answered 204: ping / other topic / filtered path.
-    pub ignored: AtomicU64,
-    /// Answered 401.
-    pub unauthorized: AtomicU64,
-    /// Answered 400.
-    pub bad_request: AtomicU64,
-    /// Answered 413.
-    pub too_large: AtomicU64,
-    /// Answered 503.
-    pub unavailable: AtomicU64,
+    /// Requests by (topic, result); the topic is "unknown" when the request was
+    /// refused before its body was trusted.
+    pub results: Mutex<BTreeMap<(String, &'static str), u64>>,
+    /// Request latency: counts per bucket of [`LATENCY_BUCKETS`] (cumulative at export), then +Inf.
+    pub latency_buckets: [AtomicU64; 13],
+    /// Sum of request latencies, microseconds.
+    pub latency_sum_us: AtomicU64,
+}
+
+impl IntakeStats {
+    fn count(&self, topic: &str, result: &'static str) {
+        *self.results.lock().expect("not poisoned").entry((topic.to_owned(), result)).or_default() += 1;
+    }
+
+    fn observe(&self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+        self.latency_buckets[i].fetch_add(1, Ordering::Relaxed);
+        self.latency_sum_us.fetch_add(d.as_micros() as u64, Ordering::Relaxed);
+    }
 }
 
 /// Everything the endpoint needs; shared by all requests.
@@ -67,7 +77,12 @@ pub fn routes(
     warp::method().and(warp::path::full()).and(warp::header::headers_cloned()).and(warp::body::stream()).then(
         move |method: Method, path: warp::path::FullPath, headers: HeaderMap, body| {
             let intake = intake.clone();
-            async move { handle(&intake, method, path.as_str(), &headers, body).await }
+            async move {
+                let started = std::time::Instant::now();
+                let r = handle(&intake, method, path.as_str(), &headers, body).await;
+                intake.stats.observe(started.elapsed());
+                r
+            }
         },
     )
 }
@@ -125,17 +140,17 @@ where
     let stats = &intake.stats;
     let declared = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > intake.max_body) {
-        stats.too_large.fetch_add(1, Ordering::Relaxed);
+        stats.count("unknown", "too_large");
         return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
     }
     let body = match tokio::time::timeout(BODY_DEADLINE, read_limited(Box::pin(body), intake.max_body)).await {
         Err(_) => return answer(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
         Ok(Err(e)) => {
-            stats.bad_request.fetch_add(1, Ordering::Relaxed);
+            stats.count("unknown", "bad_request");
             return answer(StatusCode::BAD_REQUEST, &format!("cannot read body: {e}"));
         }
         Ok(Ok(None)) => {
-            stats.too_large.fetch_add(1, Ordering::Relaxed);
+            stats.count("unknown", "too_large");
             return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
         }
         Ok(Ok(Some(b))) => b.freeze(),
@@ -147,7 +162,7 @@ where
     let verified = match verifier.verify(&signatures, authorization, &body) {
         Ok(v) => v,
         Err(e) => {
-            stats.unauthorized.fetch_add(1, Ordering::Relaxed);
+            stats.count("unknown", "unauthorized");
             tracing::warn!("webhook refused (401): {e}");
             return answer(StatusCode::UNAUTHORIZED, &e.to_string());
         }
@@ -155,7 +170,7 @@ where
     let event = match Event::parse(verified.bytes()) {
         Ok(e) => e,
         Err(e) => {
-            stats.bad_request.fetch_add(1, Ordering::Relaxed);
+            stats.count("unknown", "bad_request");
             tracing::warn!("webhook refused (400): {e}");
             return answer(StatusCode::BAD_REQUEST, &e.to_string());
         }
@@ -172,14 +187,14 @@ where
         Ok(Ok(r)) => {
             match r {
                 Recorded::Queued | Recorded::Requeued => {
-                    stats.queued.fetch_add(1, Ordering::Relaxed);
+                    stats.count(event.topic.as_str(), "queued");
                     intake.wake.notify_one();
                 }
                 Recorded::Duplicate => {
-                    stats.duplicate.fetch_add(1, Ordering::Relaxed);
+                    stats.count(event.topic.as_str(), "duplicate");
                 }
                 Recorded::Ignored => {
-                    stats.ignored.fetch_add(1, Ordering::Relaxed);
+                    stats.count(event.topic.as_str(), "ignored");
                 }
             }
             tracing::debug!(event = %event.id, topic = event.topic.as_str(),
@@ -187,12 +202,12 @@ where
             answer(StatusCode::NO_CONTENT, "")
         }
         Ok(Err(e)) => {
-            stats.unavailable.fetch_add(1, Ordering::Relaxed);
+            stats.count(event.topic.as_str(), "unavailable");
             tracing::error!(event = %event.id, "webhook not recorded (503): {e}");
             answer(StatusCode::SERVICE_UNAVAILABLE, "journal unavailable, retry later")
         }
         Err(_) => {
-            stats.unavailable.fetch_add(1, Ordering::Relaxed);
+            stats.count(event.topic.as_str(), "unavailable");
             tracing::error!("webhook not recorded (503): journal commit took longer than {JOURNAL_DEADLINE:?}");
             answer(StatusCode::SERVICE_UNAVAILABLE, "journal too slow, retry later")
         }

@@ -29,6 +29,12 @@ pub struct Opts {
     pub concurrency: usize,
     /// Replaces the `private_key`/`known_hosts` lines of `[sftp]` when set.
     pub sftp_auth: Option<String>,
+    /// Extra lines for `[webhook]`, `[admin]`, `[journal]`.
+    pub extra_webhook: String,
+    pub extra_admin: String,
+    pub extra_journal: String,
+    /// `admin.listen`.
+    pub admin: String,
 }
 
 impl Default for Opts {
@@ -42,6 +48,10 @@ impl Default for Opts {
             extra_mirror: String::new(),
             concurrency: 8,
             sftp_auth: None,
+            extra_webhook: String::new(),
+            extra_admin: String::new(),
+            extra_journal: String::new(),
+            admin: "off".into(),
         }
     }
 }
@@ -96,11 +106,15 @@ path = "/webhook"
 secret = {secret:?}
 max_body = {max_body}
 {auth}
+{extra_webhook}
+
 [admin]
-listen = "off"
+listen = {admin:?}
+{extra_admin}
 
 [journal]
 path = {journal:?}
+{extra_journal}
 
 [reconcile]
 on_start = {on_start}
@@ -122,6 +136,10 @@ interval = "0s"
             max_body = o.max_body,
             auth = auth,
             journal = self.journal(),
+            extra_webhook = o.extra_webhook,
+            extra_admin = o.extra_admin,
+            extra_journal = o.extra_journal,
+            admin = o.admin,
             on_start = o.on_start,
         );
         let path = self.dir.path().join(format!("config-{}.toml", fastrand::u32(..)));
@@ -158,6 +176,7 @@ pub fn bin() -> &'static str {
 pub struct Daemon {
     pub child: Child,
     pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
     pub log: Arc<Mutex<String>>,
 }
 
@@ -180,25 +199,36 @@ impl Daemon {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(i) = line.find("webhook listening on http://") {
-                    let rest = &line[i + "webhook listening on http://".len()..];
-                    let addr = rest.split('/').next().unwrap_or_default().to_string();
-                    let _ = tx.send(addr);
+                for (marker, kind) in [
+                    ("webhook listening on http://", "w"),
+                    ("webhook listening on https://", "w"),
+                    ("admin listening on http://", "a"),
+                ] {
+                    if let Some(i) = line.find(marker) {
+                        let rest = &line[i + marker.len()..];
+                        let addr = rest.split(['/', ' ']).next().unwrap_or_default().to_string();
+                        let _ = tx.send((kind, addr));
+                    }
                 }
                 let mut l = l.lock().unwrap();
                 l.push_str(&line);
                 l.push('\n');
             }
         });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(a) => a.parse().expect("listen address"),
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("daemon did not start; log:\n{}", log.lock().unwrap());
+        let admin_wanted = !std::fs::read_to_string(config).unwrap().contains("[admin]\nlisten = \"off\"");
+        let (mut addr, mut admin) = (None, None);
+        while addr.is_none() || (admin_wanted && admin.is_none()) {
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(("w", a)) => addr = Some(a.parse().expect("listen address")),
+                Ok((_, a)) => admin = Some(a.parse().expect("admin address")),
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!("daemon did not start; log:\n{}", log.lock().unwrap());
+                }
             }
-        };
-        Daemon { child, addr, log }
+        }
+        Daemon { child, addr: addr.unwrap(), admin, log }
     }
 
     pub fn log(&self) -> String {

@@ -1,0 +1,319 @@
+//! Running as a service: `check`, `events`/`retry`, SIGTERM, `/healthz`,
+//! `/metrics`, TLS with certificate reload on SIGHUP, slow-header clients.
+
+use crate::common::*;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn check_reports_each_step_with_the_documented_exit_codes() {
+    let env = Env::new();
+    let out = env.run(&Opts::default(), &["check"]);
+    let o = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{o}{}", text(&out.stderr));
+    for step in ["✓ config", "✓ TCP", "✓ host key", "✓ logged in", "✓ remote root", "✓ mirror", "✓ journal"]
+    {
+        assert!(o.contains(step), "missing {step:?}: {o}");
+    }
+
+    let fp = env.sshd.host_key_fingerprint();
+    let wrong = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+    let auth = format!("private_key = {:?}\nhost_key_fingerprint = {wrong:?}", env.sshd.client_key_path());
+    let out = env.run(&Opts { sftp_auth: Some(auth), ..Default::default() }, &["check"]);
+    let o = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{o}");
+    assert!(o.contains("✗") && o.contains(&fp), "the real fingerprint is printed: {o}");
+
+    let cfg = env.config(&Opts::default());
+    std::fs::write(&cfg, std::fs::read_to_string(&cfg).unwrap().replace("[mirror]", "[mirror]\nbogus = 1")).unwrap();
+    let out = Command::new(bin()).arg("--config").arg(&cfg).arg("check").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(text(&out.stdout).contains("mirror.bogus: unknown key"));
+}
+
+#[test]
+fn trust_host_key_records_a_line_that_the_next_check_accepts() {
+    let env = Env::new();
+    let kh = env.dir.path().join("new_known_hosts");
+    let auth = format!("private_key = {:?}\nknown_hosts = {kh:?}", env.sshd.client_key_path());
+    let o = Opts { sftp_auth: Some(auth), ..Default::default() };
+    let out = env.run(&o, &["check"]);
+    assert_eq!(out.status.code(), Some(2), "a missing known_hosts is a config error: {}", text(&out.stdout));
+    let out = env.run(&o, &["check", "--trust-host-key"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    let line = std::fs::read_to_string(&kh).unwrap();
+    assert!(line.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", env.sshd.port())), "{line}");
+    let out = env.run(&o, &["check"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains(&env.sshd.host_key_fingerprint()));
+
+    // A different key already recorded: refused, file untouched.
+    let other = "[127.0.0.1]:PORT ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n"
+        .replace("PORT", &env.sshd.port().to_string());
+    std::fs::write(&kh, &other).unwrap();
+    let out = env.run(&o, &["check", "--trust-host-key"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("refusing"));
+    assert_eq!(std::fs::read_to_string(&kh).unwrap(), other);
+}
+
+#[test]
+fn events_lists_the_journal_and_retry_requeues_failed_events() {
+    let mut env = Env::new();
+    env.put("later.txt", b"arrives after retry");
+    let o = Opts { extra_journal: "max_attempts = 1".into(), ..Default::default() };
+    let d = env.serve(&o);
+    env.sshd.stop();
+    env.sshd.kill_connections();
+    assert_eq!(d.send(&event("r1", "file.created", "later.txt")).status, 204);
+    wait_for("the event to fail", || {
+        let out = env.run(&o, &["events", "--status", "failed", "--json"]);
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap().as_array().unwrap().len() == 1
+    });
+    let out = env.run(&o, &["events", "--json"]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let row = &rows[0];
+    assert_eq!(
+        (row["id"].as_str(), row["topic"].as_str(), row["path"].as_str()),
+        (Some("r1"), Some("file.created"), Some("later.txt"))
+    );
+    assert_eq!(row["status"], "failed");
+    assert!(row["last_error"].as_str().unwrap().contains("127.0.0.1"), "{row}");
+    let table = text(&env.run(&o, &["events"]).stdout);
+    assert!(table.contains("r1") && table.contains("failed"), "{table}");
+
+    env.sshd.restart();
+    let out = env.run(&o, &["retry", "--failed"]);
+    assert!(text(&out.stdout).starts_with("1 event(s) queued again"), "{}", text(&out.stdout));
+    wait_for("later.txt after retry", || {
+        std::fs::read(env.mirror().join("later.txt")).is_ok_and(|b| b == b"arrives after retry")
+    });
+    drop(d);
+}
+
+#[test]
+fn sigterm_during_a_burst_exits_0_and_nothing_answered_204_is_lost() {
+    let env = Env::new();
+    for i in 0..60 {
+        env.put(&format!("t/{i}.bin"), &vec![7u8; 100_000 + i]);
+    }
+    let mut d = env.serve(&Opts { concurrency: 2, ..Default::default() });
+    let addr = d.addr;
+    let sender = std::thread::spawn(move || {
+        let mut accepted = Vec::new();
+        for i in 0..60 {
+            let body = event(&format!("t{i}"), "file.created", &format!("t/{i}.bin"));
+            let sig = sftp_mirror::webhook::sign(&sftp_mirror::config::Secret::new(SECRET), &body);
+            let r = std::panic::catch_unwind(|| request(addr, "POST", "/webhook", &[("X-Hub-Signature", &sig)], &body));
+            if let Ok(r) = r {
+                if r.status == 204 {
+                    accepted.push(i);
+                }
+            }
+        }
+        accepted
+    });
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(d.terminate(), Some(0), "{}", d.log());
+    let accepted = sender.join().unwrap();
+    assert!(!accepted.is_empty());
+    let _d = env.serve(&Opts::default());
+    for i in &accepted {
+        let p = env.mirror().join(format!("t/{i}.bin"));
+        wait_for(&format!("t/{i}.bin"), || std::fs::metadata(&p).is_ok_and(|m| m.len() == 100_000 + *i as u64));
+    }
+}
+
+fn get(addr: std::net::SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path, &[], b"")
+}
+
+/// Parses Prometheus text: every non-comment line is `name{labels} value`.
+fn metric(body: &str, name_and_labels: &str) -> f64 {
+    for line in body.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+        let (key, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("bad metrics line {line:?}"));
+        let v: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(key.chars().next().unwrap().is_ascii_alphabetic(), "{line:?}");
+        if key == name_and_labels {
+            return v;
+        }
+    }
+    0.0
+}
+
+#[test]
+fn healthz_follows_the_sftp_server_and_metrics_count_events() {
+    let mut env = Env::new();
+    env.put("m.txt", b"metrics");
+    let o = Opts { admin: "127.0.0.1:0".into(), extra_admin: "sftp_down_after = \"1s\"".into(), ..Default::default() };
+    let d = env.serve(&o);
+    let admin = d.admin.expect("admin address");
+    let h = get(admin, "/healthz");
+    assert_eq!(h.status, 200, "{h:?}");
+
+    let before = get(admin, "/metrics").body;
+    assert_eq!(metric(&before, "sftp_mirror_webhook_requests_total{topic=\"file.created\",result=\"queued\"}"), 0.0);
+    assert_eq!(d.send(&event("m1", "file.created", "m.txt")).status, 204);
+    assert_eq!(d.send(&event("m1", "file.created", "m.txt")).status, 204);
+    assert_eq!(request(d.addr, "POST", "/webhook", &[], b"{}").status, 401);
+    wait_for("m.txt", || env.mirror().join("m.txt").exists());
+    wait_for("metrics to count the download", || {
+        let m = get(admin, "/metrics").body;
+        metric(&m, "sftp_mirror_applies_total{action=\"download\",result=\"ok\"}") == 1.0
+    });
+    let m = get(admin, "/metrics").body;
+    assert_eq!(metric(&m, "sftp_mirror_webhook_requests_total{topic=\"file.created\",result=\"queued\"}"), 1.0, "{m}");
+    assert_eq!(metric(&m, "sftp_mirror_webhook_requests_total{topic=\"file.created\",result=\"duplicate\"}"), 1.0);
+    assert_eq!(metric(&m, "sftp_mirror_webhook_requests_total{topic=\"unknown\",result=\"unauthorized\"}"), 1.0);
+    assert_eq!(metric(&m, "sftp_mirror_downloaded_bytes_total"), 7.0);
+    assert!(metric(&m, "sftp_mirror_webhook_request_duration_seconds_count") >= 3.0);
+    assert_eq!(metric(&m, "sftp_mirror_journal_events{status=\"done\"}"), 1.0);
+
+    env.sshd.stop();
+    env.sshd.kill_connections();
+    wait_for("/healthz 503 while the SFTP server is down", || get(admin, "/healthz").status == 503);
+    assert!(get(admin, "/healthz").body.contains("SFTP server unreachable"));
+    env.sshd.restart();
+    wait_for("/healthz 200 once it is back", || get(admin, "/healthz").status == 200);
+    assert!(metric(&get(admin, "/metrics").body, "sftp_mirror_sftp_connects_total") >= 2.0);
+}
+
+/// A CA and a server certificate for 127.0.0.1, made with openssl.
+fn make_cert(dir: &Path, ca: &str, name: &str) {
+    let run = |args: &[&str]| {
+        let out = Command::new("openssl")
+            .current_dir(dir)
+            .args(args)
+            .output()
+            .expect("openssl is installed by scripts/test.sh");
+        assert!(out.status.success(), "openssl {args:?}: {}", text(&out.stderr));
+    };
+    if !dir.join(format!("{ca}.pem")).exists() {
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={ca}"),
+            "-keyout",
+            &format!("{ca}.key"),
+            "-out",
+            &format!("{ca}.pem"),
+        ]);
+    }
+    std::fs::write(dir.join("ext.cnf"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+    run(&[
+        "req",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+        "-subj",
+        &format!("/CN={name}"),
+        "-keyout",
+        "new.key",
+        "-out",
+        "server.csr",
+    ]);
+    run(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        &format!("{ca}.pem"),
+        "-CAkey",
+        &format!("{ca}.key"),
+        "-CAcreateserial",
+        "-days",
+        "2",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "new.pem",
+    ]);
+    // Replace both files the way certbot does: new files, renamed over the old ones.
+    std::fs::rename(dir.join("new.pem"), dir.join("fullchain.pem")).unwrap();
+    std::fs::rename(dir.join("new.key"), dir.join("privkey.pem")).unwrap();
+}
+
+fn curl_https(addr: std::net::SocketAddr, ca: &Path, body: &[u8]) -> (u16, String) {
+    let sig = sftp_mirror::webhook::sign(&sftp_mirror::config::Secret::new(SECRET), body);
+    let out = Command::new("curl")
+        .args(["-sS", "-v", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(ca)
+        .args(["-H", &format!("X-Hub-Signature: {sig}"), "--data-binary", &text(body)])
+        .arg(format!("https://{addr}/webhook"))
+        .output()
+        .expect("curl is installed by scripts/test.sh");
+    (text(&out.stdout).trim().parse().unwrap_or(0), text(&out.stderr))
+}
+
+#[test]
+fn tls_serves_https_and_sighup_swaps_the_certificate() {
+    let env = Env::new();
+    env.put("tls.txt", b"over https");
+    let certs = env.dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    make_cert(&certs, "Test CA", "first.example");
+    let tls = format!("tls_cert = {:?}\ntls_key = {:?}", certs.join("fullchain.pem"), certs.join("privkey.pem"));
+    let d = env.serve(&Opts { extra_webhook: tls, ..Default::default() });
+    let ca = certs.join("Test CA.pem");
+    let (code, log) = curl_https(d.addr, &ca, &event("h1", "file.created", "tls.txt"));
+    assert_eq!(code, 204, "{log}");
+    assert!(log.contains("CN=first.example"), "{log}");
+    wait_for("tls.txt", || env.mirror().join("tls.txt").exists());
+
+    make_cert(&certs, "Test CA", "second.example");
+    Command::new("kill").arg("-HUP").arg(d.child.id().to_string()).status().unwrap();
+    wait_for("the new certificate", || {
+        curl_https(d.addr, &ca, &event("h2", "file.created", "tls.txt")).1.contains("CN=second.example")
+    });
+    assert!(d.log().contains("reloaded webhook secrets and TLS certificate"));
+    // Plain HTTP on the TLS port is not served.
+    assert_ne!(request(d.addr, "POST", "/webhook", &[], b"{}").status, 204);
+}
+
+#[test]
+fn a_client_sending_headers_a_byte_a_second_is_cut_off_while_others_are_served() {
+    let env = Env::new();
+    env.put("ok.txt", b"ok");
+    let d = env.serve(&Opts { extra_webhook: "header_timeout = \"2s\"".into(), ..Default::default() });
+    let addr = d.addr;
+    let slow = std::thread::spawn(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        let start = Instant::now();
+        let req = b"POST /webhook HTTP/1.1\r\nHost: x\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n";
+        for b in req.iter() {
+            if s.write_all(&[*b]).is_err() {
+                return start.elapsed();
+            }
+            std::thread::sleep(Duration::from_secs(1));
+            let mut probe = [0u8; 1];
+            s.set_nonblocking(true).unwrap();
+            let closed = matches!(s.read(&mut probe), Ok(0));
+            s.set_nonblocking(false).unwrap();
+            if closed {
+                return start.elapsed();
+            }
+        }
+        start.elapsed()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(d.send(&event("ok1", "file.created", "ok.txt")).status, 204, "normal requests are still served");
+    let took = slow.join().unwrap();
+    assert!(took < Duration::from_secs(10), "the slow client was cut off (after {took:?})");
+}
