@@ -8,11 +8,11 @@
 //!
 //! Downloads land atomically (SPEC §2): [`Mirror::staging_file`] creates a file
 //! in `<mirror>/.sftp-mirror/staging/`, the caller writes it, and
-//! [`Mirror::commit`] fsyncs it, sets the remote mtime, renames it into place
-//! and fsyncs the parent directory.
+//! [`Mirror::commit`] sets the remote mtime, makes the data durable, renames it
+//! into place and makes the rename durable. Durability is group-committed: one
+//! `syncfs` serves every commit waiting at that moment.
 
 use crate::event::{RemotePath, RESERVED_NAME};
-use cap_fs_ext::OpenOptionsMaybeDirExt;
 use cap_std::fs::{Dir, OpenOptions};
 use std::io;
 use std::path::{Path, PathBuf};
@@ -96,11 +96,66 @@ impl Drop for Staging {
     }
 }
 
+/// Group commit for durability: one `syncfs` makes every write and rename
+/// issued before it durable, so concurrent commits share one flush instead of
+/// paying two fsyncs each (the difference between ~2 ms and ~0.1 ms per small
+/// file on an ext4 disk).
+#[derive(Default)]
+struct GroupSync {
+    state: std::sync::Mutex<SyncState>,
+    done: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct SyncState {
+    /// Tickets handed out.
+    requested: u64,
+    /// Every ticket up to this one is durable.
+    completed: u64,
+    running: bool,
+    /// The last failed round: (covered tickets up to, error).
+    failed: Option<(u64, String)>,
+}
+
+impl GroupSync {
+    /// Returns once everything written before the call is on disk.
+    fn sync(&self, fs: &std::fs::File) -> io::Result<()> {
+        let mut s = self.state.lock().expect("not poisoned");
+        s.requested += 1;
+        let ticket = s.requested;
+        loop {
+            if s.completed >= ticket {
+                return match &s.failed {
+                    Some((upto, e)) if *upto >= ticket && s.completed == *upto => Err(io::Error::other(e.clone())),
+                    _ => Ok(()),
+                };
+            }
+            if !s.running {
+                // Lead a round: it covers every ticket handed out before it starts.
+                s.running = true;
+                let target = s.requested;
+                drop(s);
+                let r = rustix::fs::syncfs(fs);
+                s = self.state.lock().expect("not poisoned");
+                s.running = false;
+                s.completed = target;
+                s.failed = r.err().map(|e| (target, io::Error::from(e).to_string()));
+                self.done.notify_all();
+                continue;
+            }
+            s = self.done.wait(s).expect("not poisoned");
+        }
+    }
+}
+
 /// The mirror folder.
 pub struct Mirror {
     root: Dir,
     staging: Dir,
     path: PathBuf,
+    /// A handle on the mirror's filesystem for `syncfs`.
+    fs: std::fs::File,
+    group: GroupSync,
 }
 
 impl Mirror {
@@ -124,7 +179,8 @@ impl Mirror {
         }
         root.create_dir_all(STAGING).map_err(err("create", STAGING))?;
         let staging = root.open_dir(STAGING).map_err(err("open", STAGING))?;
-        Ok(Mirror { root, staging, path: path.to_owned() })
+        let fs = std::fs::File::open(path).map_err(err("open mirror folder", &p))?;
+        Ok(Mirror { root, staging, path: path.to_owned(), fs, group: GroupSync::default() })
     }
 
     /// The mirror folder on disk.
@@ -251,25 +307,16 @@ impl Mirror {
         let r = rel.as_str();
         let f = staged.file();
         f.set_modified(UNIX_EPOCH + Duration::from_secs(mtime)).map_err(err("set mtime", r))?;
-        f.sync_all().map_err(err("fsync", r))?;
+        // The data must be durable before the name points at it, or a crash could
+        // leave an empty or partial file under the final name.
+        self.group.sync(&self.fs).map_err(err("sync data of", r))?;
         self.ensure_ancestors(r)?;
         if let Some(LocalKind::Dir) = self.lstat(r)?.map(|e| e.kind) {
             self.root.remove_dir_all(r).map_err(err("replace directory", r))?;
         }
         self.staging.rename(&staged.name, &self.root, r).map_err(err("rename into place", r))?;
         staged.committed = true;
-        self.sync_parent(r)
-    }
-
-    /// fsyncs the directory holding `rel`, so a rename or unlink survives a crash.
-    fn sync_parent(&self, rel: &str) -> Result<(), MirrorError> {
-        let parent = rel.rfind('/').map_or(".", |i| &rel[..i]);
-        // cap-std opens directories O_PATH, which cannot be fsynced: open it for reading.
-        let mut opts = OpenOptions::new();
-        opts.read(true);
-        opts.maybe_dir(true);
-        let dir = self.root.open_with(parent, &opts).map_err(err("open", parent))?;
-        dir.into_std().sync_all().map_err(err("fsync directory of", rel))
+        self.group.sync(&self.fs).map_err(err("sync rename of", r))
     }
 
     /// Removes `rel` (a file, a symlink, or a whole directory tree, never
@@ -288,7 +335,7 @@ impl Mirror {
         }
         .or_else(|e| if gone(&e) { Ok(()) } else { Err(e) })
         .map_err(err("remove", r))?;
-        self.sync_parent(r)?;
+        self.group.sync(&self.fs).map_err(err("sync removal of", r))?;
         Ok(Some(entry.kind))
     }
 

@@ -9,7 +9,7 @@
 //! backstop timeout still fire, the request is asked again with a smaller window.
 
 use super::session::Conn;
-use super::RemoteError;
+use super::{RemoteEntry, RemoteError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
 use std::collections::VecDeque;
@@ -27,6 +27,9 @@ pub struct Downloaded {
     pub bytes: u64,
     /// `false` when the file ended before `size`: it changed under us.
     pub complete: bool,
+    /// `lstat` of the path taken right after the last READ (sent together with
+    /// CLOSE to save a round trip): the caller compares it with what it expected.
+    pub after: Option<RemoteEntry>,
 }
 
 /// Reads `size` bytes of remote `path` into `out` at the same offsets.
@@ -39,7 +42,8 @@ pub struct Downloaded {
 /// or a local write error (reported as a transport-neutral status).
 pub async fn download(conn: &Conn, path: &str, size: u64, out: &std::fs::File) -> Result<Downloaded, LocalOrRemote> {
     if size == 0 {
-        return Ok(Downloaded { bytes: 0, complete: true });
+        let after = conn.lstat(path).await?;
+        return Ok(Downloaded { bytes: 0, complete: true, after });
     }
     let sftp = &conn.sftp;
     let handle = sftp
@@ -99,12 +103,16 @@ pub async fn download(conn: &Conn, path: &str, size: u64, out: &std::fs::File) -
         }
     };
     drop(in_flight);
-    // Close errors do not matter for a read-only handle; don't wait on a dead link.
-    if !matches!(&result, Err(LocalOrRemote::Remote(e)) if e.is_transport()) {
-        let _ = sftp.close(handle).await;
+    if let Err(e) = result {
+        // Close errors do not matter for a read-only handle; don't wait on a dead link.
+        if !matches!(&e, LocalOrRemote::Remote(r) if r.is_transport()) {
+            let _ = sftp.close(handle).await;
+        }
+        return Err(e);
     }
-    result?;
-    Ok(Downloaded { bytes: written, complete: eof_at.is_none() })
+    // CLOSE and the confirming LSTAT travel together: one round trip, not two.
+    let (_, after) = tokio::join!(sftp.close(handle), conn.lstat(path));
+    Ok(Downloaded { bytes: written, complete: eof_at.is_none(), after: after? })
 }
 
 /// A download failed on our side (disk) or the server's.

@@ -207,8 +207,7 @@ impl Syncer {
                 Ok(d) => {
                     // The remote is the truth *after* the copy too: if it changed while we
                     // read, this copy may be a mix; start again from what it is now.
-                    let now = conn.lstat(&rpath).await?;
-                    match now {
+                    match d.after {
                         Some(n) if d.complete && d.bytes == entry.size && n == entry => {
                             let (m, p, mtime) = (self.mirror.clone(), path.clone(), entry.mtime);
                             blocking(move || m.commit(staged, &p, mtime)).await?;
