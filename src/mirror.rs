@@ -360,7 +360,8 @@ impl Mirror {
             if rel.is_none() && name == RESERVED_NAME {
                 continue;
             }
-            let meta = match dir.symlink_metadata(name) {
+            // fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW): one syscall, no path walk.
+            let meta = match ent.metadata() {
                 Ok(m) => m,
                 Err(e) if gone(&e) => continue,
                 Err(e) => return Err(err("stat", format!("{shown}/{name}"))(e)),

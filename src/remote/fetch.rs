@@ -17,6 +17,9 @@ use std::os::unix::fs::FileExt;
 
 /// READ requests in flight per file at most.
 pub const MAX_IN_FLIGHT: usize = 64;
+/// Bytes written between background flushes of a large download: the final
+/// durability flush then has little left to write, instead of a whole file.
+const FLUSH_EVERY: u64 = 64 << 20;
 /// Timeouts in a row (without a successful READ between them) before giving up.
 const MAX_TIMEOUTS_IN_A_ROW: u32 = 8;
 
@@ -59,6 +62,8 @@ pub async fn download(conn: &Conn, path: &str, size: u64, out: &std::fs::File) -
     let mut written = 0u64;
     let mut eof_at: Option<u64> = None;
     let mut in_flight = FuturesUnordered::new();
+    let mut flushed_at = 0u64;
+    let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
     let result = loop {
         while in_flight.len() < window {
             let Some((off, len)) = todo.pop_front() else {
@@ -81,6 +86,13 @@ pub async fn download(conn: &Conn, path: &str, size: u64, out: &std::fs::File) -
                     break Err(LocalOrRemote::Local(e));
                 }
                 written += n;
+                if written - flushed_at >= FLUSH_EVERY && flushing.as_ref().is_none_or(|h| h.is_finished()) {
+                    flushed_at = written;
+                    if let Ok(f) = out.try_clone() {
+                        // Errors surface in the final, awaited flush of the commit.
+                        flushing = Some(tokio::task::spawn_blocking(move || drop(f.sync_data())));
+                    }
+                }
                 if n < u64::from(len) {
                     // A short read is legal SFTP: ask for the rest.
                     todo.push_front((off + n, len - n as u32));
@@ -103,6 +115,9 @@ pub async fn download(conn: &Conn, path: &str, size: u64, out: &std::fs::File) -
         }
     };
     drop(in_flight);
+    if let Some(h) = flushing {
+        let _ = h.await;
+    }
     if let Err(e) = result {
         // Close errors do not matter for a read-only handle; don't wait on a dead link.
         if !matches!(&e, LocalOrRemote::Remote(r) if r.is_transport()) {

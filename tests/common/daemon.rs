@@ -280,21 +280,23 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
     let mut stack = vec![root.to_owned()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd {
-            let e = e.unwrap();
+        // Entries can vanish while we look (the daemon is working): skip those.
+        for e in rd.flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
             if rel == ".sftp-mirror" {
                 continue;
             }
-            let ft = e.file_type().unwrap();
+            let Ok(ft) = e.file_type() else { continue };
             if ft.is_dir() {
                 out.insert(rel, "dir".into());
                 stack.push(p);
             } else if ft.is_symlink() {
-                out.insert(rel, format!("symlink -> {}", std::fs::read_link(&p).unwrap().display()));
+                let Ok(target) = std::fs::read_link(&p) else { continue };
+                out.insert(rel, format!("symlink -> {}", target.display()));
             } else {
-                out.insert(rel, hex::encode(Sha256::digest(std::fs::read(&p).unwrap())));
+                let Ok(bytes) = std::fs::read(&p) else { continue };
+                out.insert(rel, hex::encode(Sha256::digest(bytes)));
             }
         }
     }
