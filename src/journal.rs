@@ -9,8 +9,9 @@
 //!
 //! Row life cycle: `pending` → (claimed) `running` → `done`, or back to `pending`
 //! with a backoff after a failed apply, or `failed` after [`MAX_ATTEMPTS`].
-//! Non-file topics are stored as `ignored`. `running` rows found on open were
-//! interrupted by a crash and become `pending` again.
+//! Non-file topics are stored as `ignored`. `running` rows found when the
+//! daemon opens the journal were interrupted by its predecessor and become
+//! `pending` again; `events`, `retry` and `check` leave them alone.
 
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::Path;
@@ -199,20 +200,28 @@ pub fn backoff(attempts: u32) -> Duration {
 }
 
 impl Journal {
-    /// Opens (creating if needed) the journal at `path`, resumes interrupted rows
-    /// and starts the journal thread.
+    /// Opens (creating if needed) the journal at `path` for a command that looks
+    /// at it or queues rows (`events`, `retry`, `check`) and starts the journal
+    /// thread. Rows are left as they are: a `running` row may be one a live
+    /// daemon is applying right now.
     ///
     /// # Errors
     /// When the folder cannot be created or SQLite cannot open or migrate the file.
     pub fn open(path: &Path) -> Result<Journal, JournalError> {
-        Self::open_with(path, MAX_ATTEMPTS)
+        Self::open_inner(path, MAX_ATTEMPTS, false)
     }
 
-    /// [`Journal::open`] with the number of applies tried before a row is `failed`.
+    /// Opens the journal for the daemon, with the number of applies tried before
+    /// a row is `failed`: rows left `running` were interrupted by the end of the
+    /// previous daemon and are resumed (`pending` again).
     ///
     /// # Errors
     /// As [`Journal::open`].
     pub fn open_with(path: &Path, max_attempts: u32) -> Result<Journal, JournalError> {
+        Self::open_inner(path, max_attempts, true)
+    }
+
+    fn open_inner(path: &Path, max_attempts: u32, resume: bool) -> Result<Journal, JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|source| JournalError::Io { path: dir.display().to_string(), source })?;
@@ -223,10 +232,12 @@ impl Journal {
         conn.pragma_update(None, "synchronous", "FULL")?;
         conn.busy_timeout(Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
-        conn.execute(
-            "UPDATE events SET status = 'pending', updated_ms = ?1 WHERE status = 'running'",
-            params![now_ms()],
-        )?;
+        if resume {
+            conn.execute(
+                "UPDATE events SET status = 'pending', updated_ms = ?1 WHERE status = 'running'",
+                params![now_ms()],
+            )?;
+        }
         let (tx, rx) = mpsc::channel::<Request>();
         std::thread::Builder::new()
             .name("journal".into())
@@ -568,8 +579,12 @@ mod tests {
         assert_eq!(j.record(ev("a", "x")).await.unwrap(), Recorded::Duplicate);
         drop(j);
 
-        // "b" was running when we "crashed": it is resumed.
-        let j = Journal::open(&db).unwrap();
+        // Looking at the journal (`events`) leaves the running row alone …
+        let look = Journal::open(&db).unwrap();
+        assert_eq!(look.list(Some(Status::Running), 10).await.unwrap().len(), 1);
+        drop(look);
+        // … and "b", running when we "crashed", is resumed by the next daemon.
+        let j = Journal::open_with(&db, MAX_ATTEMPTS).unwrap();
         let jobs = j.claim(10).await.unwrap();
         assert_eq!(jobs.len(), 1);
         assert_eq!(jobs[0].event_id, "b");

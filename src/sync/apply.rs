@@ -127,8 +127,33 @@ impl Syncer {
         if !self.filter.allows(path) {
             return Ok(Action::Skipped("excluded by include/exclude"));
         }
-        let remote = self.remote.stat(path.as_str()).await?;
-        self.apply_known(path, remote).await
+        // The server resolves symlinks in the middle of a path, so `a/b` below a
+        // remote symlink `a` is whatever `a` points to, outside the remote root
+        // possibly. Check the ancestors together with the path itself (no extra
+        // round trip): a symlink is never followed, as reconcile never descends one.
+        let (remote, ancestors) = tokio::join!(self.remote.stat(path.as_str()), self.remote_ancestors(path));
+        if let Some(a) = ancestors? {
+            tracing::info!(path = %path, ancestor = a, "not mirrored: a remote ancestor is a symlink");
+            return Ok(Action::Skipped("a remote ancestor is a symlink"));
+        }
+        self.apply_known(path, remote?).await
+    }
+
+    /// The first ancestor of `path` that is a symlink (or another special
+    /// entry) on the remote, if any.
+    async fn remote_ancestors<'p>(&self, path: &'p RemotePath) -> Result<Option<&'p str>, ApplyError> {
+        let rel = path.as_str();
+        let prefixes: Vec<&str> = rel.match_indices('/').map(|(i, _)| &rel[..i]).collect();
+        let stats = futures::future::join_all(prefixes.iter().map(|p| self.remote.stat(p))).await;
+        for (p, st) in prefixes.into_iter().zip(stats) {
+            match st? {
+                Some(e) if e.kind == RemoteKind::Dir => {}
+                Some(e) if e.kind == RemoteKind::Other => return Ok(Some(p)),
+                // Gone, or a file: then `path` does not exist; its own stat says so.
+                _ => return Ok(None),
+            }
+        }
+        Ok(None)
     }
 
     /// Makes the mirror match `remote`, a fresh `lstat` of `path` (reconcile has

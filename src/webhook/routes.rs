@@ -4,7 +4,7 @@
 //! Authorization on the raw bytes (401, nothing recorded), JSON and path (400,
 //! nothing recorded), durable journal commit (204, or 503 so the sender retries).
 
-use super::verify::Verifier;
+use super::verify::{Verifier, VerifyError};
 use crate::event::Event;
 use crate::journal::{Journal, NewEvent, Recorded};
 use crate::sync::Filter;
@@ -157,9 +157,15 @@ where
     };
 
     let signatures: Vec<&[u8]> = headers.get_all("x-hub-signature").iter().map(|v| v.as_bytes()).collect();
-    let authorization = headers.get("authorization").map(|v| v.as_bytes());
+    let authorizations: Vec<&[u8]> = headers.get_all("authorization").iter().map(|v| v.as_bytes()).collect();
     let verifier = intake.verifier.read().expect("not poisoned").clone();
-    let verified = match verifier.verify(&signatures, authorization, &body) {
+    let checked = match authorizations.as_slice() {
+        // Two values are ambiguous (a proxy in front may have checked the other
+        // one): refused, like two signatures.
+        [_, _, ..] if verifier.checks_authorization() => Err(VerifyError::AuthorizationMismatch),
+        a => verifier.verify(&signatures, a.first().copied(), &body),
+    };
+    let verified = match checked {
         Ok(v) => v,
         Err(e) => {
             stats.count("unknown", "unauthorized");

@@ -60,6 +60,11 @@ impl Verifier {
         Verifier { secrets, authorization: authorization.map(|a| Sha256::digest(a.expose().as_bytes()).into()) }
     }
 
+    /// Whether an `Authorization` value is configured.
+    pub fn checks_authorization(&self) -> bool {
+        self.authorization.is_some()
+    }
+
     /// Whether any check is configured.
     pub fn is_enforcing(&self) -> bool {
         !self.secrets.is_empty() || self.authorization.is_some()
