@@ -317,3 +317,19 @@ fn a_client_sending_headers_a_byte_a_second_is_cut_off_while_others_are_served()
     let took = slow.join().unwrap();
     assert!(took < Duration::from_secs(10), "the slow client was cut off (after {took:?})");
 }
+
+#[test]
+fn the_start_up_reconcile_runs_and_healthz_reports_it() {
+    let env = Env::new();
+    env.put("found/by/reconcile.txt", b"no event announced me");
+    let o = Opts { on_start: true, admin: "127.0.0.1:0".into(), ..Default::default() };
+    let d = env.serve(&o);
+    let admin = d.admin.expect("admin address");
+    wait_for("the start-up pass", || get(admin, "/healthz").body.contains("\"last_reconcile\":{"));
+    let h: serde_json::Value = serde_json::from_str(&get(admin, "/healthz").body).unwrap();
+    assert_eq!(h["last_reconcile"]["ok"], true, "{h}");
+    assert!(h["last_reconcile"]["result"].as_str().unwrap().starts_with("1 downloaded"), "{h}");
+    assert_eq!(std::fs::read(env.mirror().join("found/by/reconcile.txt")).unwrap(), b"no event announced me");
+    assert!(d.log().contains("reconcile pass done: 1 downloaded"), "{}", d.log());
+    assert!(metric(&get(admin, "/metrics").body, "sftp_mirror_last_reconcile_success") == 1.0);
+}
