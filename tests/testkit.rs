@@ -17,18 +17,7 @@ const USER: &str = "tester";
 const PASSWORD: &str = "correct horse";
 const BIG_LEN: usize = 5 * 1024 * 1024;
 
-/// Deterministic pseudo-random bytes (xorshift), so corruption cannot hide in zeros.
-fn pattern(len: usize) -> Vec<u8> {
-    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
-}
+use crate::common::pattern;
 
 struct Fixture {
     _tmp: tempfile::TempDir,
