@@ -134,16 +134,7 @@ pub async fn run(config: Option<&Path>, env: &HashMap<String, String>, trust: bo
     }
 
     let mirror = s.mirror.path.clone();
-    let probe = tokio::task::spawn_blocking(move || {
-        let m = Mirror::open(&mirror)?;
-        let mut f = m.staging_file()?;
-        f.file().write_all(b"probe").and_then(|()| f.file().sync_all()).map_err(|source| crate::mirror::MirrorError {
-            op: "write",
-            path: "staging".into(),
-            source,
-        })
-    })
-    .await;
+    let probe = tokio::task::spawn_blocking(move || Mirror::probe_writable(&mirror)).await;
     match probe {
         Ok(Ok(())) => good(out, format!("mirror {} is writable", s.mirror.path.display())),
         Ok(Err(e)) => return bad(out, format!("mirror {}: {e}", s.mirror.path.display()), FAILED),

@@ -101,19 +101,31 @@ pub struct LastReconcile {
 }
 
 /// Builds the [`Syncer`] for `settings` (shared by `serve` and `reconcile`).
+/// It takes the mirror's writer lock unless `read_only` (dry runs).
 ///
 /// # Errors
-/// When the mirror cannot be opened or the filters do not compile.
-pub fn syncer(settings: &Settings) -> Result<Syncer, ServeError> {
+/// When the mirror cannot be opened (or another process writes it) or the
+/// filters do not compile.
+pub fn syncer_with(settings: &Settings, read_only: bool) -> Result<Syncer, ServeError> {
+    let mirror =
+        if read_only { Mirror::open_read_only(&settings.mirror.path)? } else { Mirror::open(&settings.mirror.path)? };
     Ok(Syncer {
         remote: Remote::new(settings.sftp.clone()),
-        mirror: Arc::new(Mirror::open(&settings.mirror.path)?),
+        mirror: Arc::new(mirror),
         filter: Filter::new(&settings.mirror.include, &settings.mirror.exclude)?,
         delete: settings.mirror.delete,
         transfers: Arc::new(tokio::sync::Semaphore::new(settings.mirror.concurrency.max(1))),
         locks: PathLocks::default(),
         stats: Default::default(),
     })
+}
+
+/// [`syncer_with`] for a writer.
+///
+/// # Errors
+/// As [`syncer_with`].
+pub fn syncer(settings: &Settings) -> Result<Syncer, ServeError> {
+    syncer_with(settings, false)
 }
 
 /// Starts the daemon's tasks; returns once the listener is bound and the

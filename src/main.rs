@@ -150,7 +150,6 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             sftp_mirror::daemon::serve(&settings, config_path(&cli), token).await.map_err(|e| {
                 let code = match e {
                     sftp_mirror::daemon::ServeError::Access(_) => EXIT_ACCESS,
-                    sftp_mirror::daemon::ServeError::Bind { .. } => EXIT_CONFIG,
                     _ => EXIT_FAILED,
                 };
                 Failure::new(code, e)
@@ -312,7 +311,8 @@ async fn reconcile_command(
     json: bool,
     verbose: bool,
 ) -> Result<ExitCode, Failure> {
-    let syncer = std::sync::Arc::new(sftp_mirror::daemon::syncer(settings).map_err(|e| Failure::new(EXIT_FAILED, e))?);
+    let syncer = sftp_mirror::daemon::syncer_with(settings, opts.dry_run).map_err(|e| Failure::new(EXIT_FAILED, e))?;
+    let syncer = std::sync::Arc::new(syncer);
     if let Err(e) = syncer.remote.conn().await {
         return Err(Failure::new(EXIT_ACCESS, e));
     }

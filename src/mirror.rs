@@ -20,6 +20,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// The staging folder, relative to the mirror root.
 const STAGING: &str = ".sftp-mirror/staging";
+/// Held (flock) by the one process that writes the mirror: the daemon or a
+/// command-line `reconcile`. Another one would delete the first one's staging
+/// files on start.
+const LOCK: &str = ".sftp-mirror/lock";
 
 /// A local operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -156,6 +160,8 @@ pub struct Mirror {
     /// A handle on the mirror's filesystem for `syncfs`.
     fs: std::fs::File,
     group: GroupSync,
+    /// The exclusive lock on [`LOCK`], released when the mirror is dropped.
+    _lock: std::fs::File,
 }
 
 impl Mirror {
@@ -165,14 +171,43 @@ impl Mirror {
     /// # Errors
     /// When the folder cannot be created or opened.
     pub fn open(path: &Path) -> Result<Mirror, MirrorError> {
+        Self::open_as(path, true)
+    }
+
+    /// Opens the mirror for reading only (`reconcile --dry-run`): no lock, the
+    /// staging area is left alone, so it works next to a running daemon.
+    ///
+    /// # Errors
+    /// When the folder cannot be created or opened.
+    pub fn open_read_only(path: &Path) -> Result<Mirror, MirrorError> {
+        Self::open_as(path, false)
+    }
+
+    fn open_as(path: &Path, writer: bool) -> Result<Mirror, MirrorError> {
         let p = path.display().to_string();
-        std::fs::create_dir_all(path).map_err(err("create mirror folder", &p))?;
-        let root = Dir::open_ambient_dir(path, cap_std::ambient_authority()).map_err(err("open mirror folder", &p))?;
-        match root.symlink_metadata(RESERVED_NAME) {
-            Ok(m) if !m.is_dir() => root.remove_file(RESERVED_NAME).map_err(err("replace", RESERVED_NAME))?,
-            _ => {}
+        let root = Self::open_root(path)?;
+        let lock = root
+            .open_with(LOCK, OpenOptions::new().create(true).truncate(false).write(true))
+            .map_err(err("open", LOCK))?
+            .into_std();
+        let locked = if writer {
+            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = locked {
+            let e = io::Error::from(e);
+            let source = if e.kind() == io::ErrorKind::WouldBlock {
+                io::Error::other(
+                    "another sftp-mirror process (a running daemon, or a reconcile) is writing this mirror; the daemon reconciles by itself on start and every reconcile.interval",
+                )
+            } else {
+                e
+            };
+            return Err(MirrorError { op: "lock", path: p, source });
         }
         match root.symlink_metadata(STAGING) {
+            _ if !writer => {}
             Ok(m) if m.is_dir() => root.remove_dir_all(STAGING).map_err(err("clean", STAGING))?,
             Ok(_) => root.remove_file(STAGING).map_err(err("clean", STAGING))?,
             Err(_) => {}
@@ -180,7 +215,40 @@ impl Mirror {
         root.create_dir_all(STAGING).map_err(err("create", STAGING))?;
         let staging = root.open_dir(STAGING).map_err(err("open", STAGING))?;
         let fs = std::fs::File::open(path).map_err(err("open mirror folder", &p))?;
-        Ok(Mirror { root, staging, path: path.to_owned(), fs, group: GroupSync::default() })
+        Ok(Mirror { root, staging, path: path.to_owned(), fs, group: GroupSync::default(), _lock: lock })
+    }
+
+    /// Creates the mirror folder and its private `.sftp-mirror` folder.
+    fn open_root(path: &Path) -> Result<Dir, MirrorError> {
+        let p = path.display().to_string();
+        std::fs::create_dir_all(path).map_err(err("create mirror folder", &p))?;
+        let root = Dir::open_ambient_dir(path, cap_std::ambient_authority()).map_err(err("open mirror folder", &p))?;
+        match root.symlink_metadata(RESERVED_NAME) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => {
+                root.remove_file(RESERVED_NAME).map_err(err("replace", RESERVED_NAME))?;
+                root.create_dir(RESERVED_NAME).map_err(err("create", RESERVED_NAME))?;
+            }
+            Err(e) if gone(&e) => root.create_dir(RESERVED_NAME).map_err(err("create", RESERVED_NAME))?,
+            Err(e) => return Err(err("stat", RESERVED_NAME)(e)),
+        }
+        Ok(root)
+    }
+
+    /// Checks that the mirror can be written (`check`), without taking it over:
+    /// a daemon may be running on it.
+    ///
+    /// # Errors
+    /// When the folder or a file in it cannot be created.
+    pub fn probe_writable(path: &Path) -> Result<(), MirrorError> {
+        let root = Self::open_root(path)?;
+        let name = format!(".sftp-mirror/probe-{:016x}", fastrand::u64(..));
+        let mut f = root
+            .open_with(&name, OpenOptions::new().create_new(true).write(true))
+            .map_err(err("create a file in", ".sftp-mirror"))?;
+        let r = std::io::Write::write_all(&mut f, b"probe").map_err(err("write", &name));
+        let _ = root.remove_file(&name);
+        r
     }
 
     /// The mirror folder on disk.
@@ -485,6 +553,17 @@ mod tests {
         let m = Mirror::open(dir.path()).unwrap();
         assert_eq!(std::fs::read_dir(m.staging_path()).unwrap().count(), 0);
         assert!(m.list_dir(None).unwrap().is_empty());
+    }
+
+    #[test]
+    fn only_one_process_writes_a_mirror_but_check_may_probe_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::open(dir.path()).unwrap();
+        let e = Mirror::open(dir.path()).err().expect("second writer refused").to_string();
+        assert!(e.contains("another sftp-mirror process"), "{e}");
+        Mirror::probe_writable(dir.path()).unwrap();
+        drop(m);
+        Mirror::open(dir.path()).unwrap();
     }
 
     #[test]

@@ -150,8 +150,12 @@ fn reconcile_and_events_on_overlapping_paths_end_exact() {
         }
     }
     wait_mirror_equals_remote(&env);
-    // And a final pass agrees there is nothing left to do.
-    let out = env.run(&Opts::default(), &["reconcile", "--json"]);
+    // A dry run (allowed next to the daemon) agrees there is nothing left to do …
+    let out = env.run(&Opts::default(), &["reconcile", "--dry-run", "--json"]);
     let s = json_summary(&out);
     assert_eq!((s["downloaded"].as_u64(), s["deleted"].as_u64()), (Some(0), Some(0)), "{s}");
+    // … while a writing pass is refused: the daemon owns the mirror.
+    let out = env.run(&Opts::default(), &["reconcile"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another sftp-mirror process"));
 }
