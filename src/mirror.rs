@@ -8,9 +8,9 @@
 //!
 //! Downloads land atomically (SPEC §2): [`Mirror::staging_file`] creates a file
 //! in `<mirror>/.sftp-mirror/staging/`, the caller writes it, and
-//! [`Mirror::commit`] sets the remote mtime, makes the data durable, renames it
-//! into place and makes the rename durable. Durability is group-committed: one
-//! `syncfs` serves every commit waiting at that moment.
+//! [`Mirror::commit`] sets the remote mtime, fsyncs the data, renames it into
+//! place and fsyncs the directory; directory fsyncs are group-committed, so
+//! concurrent commits into one directory share one flush.
 
 use crate::event::{RemotePath, RESERVED_NAME};
 use cap_std::fs::{Dir, OpenOptions};
@@ -100,10 +100,11 @@ impl Drop for Staging {
     }
 }
 
-/// Group commit for durability: one `syncfs` makes every write and rename
-/// issued before it durable, so concurrent commits share one flush instead of
-/// paying two fsyncs each (the difference between ~2 ms and ~0.1 ms per small
-/// file on an ext4 disk).
+/// Group commit for renames and removals: a round fsyncs every directory
+/// touched before it started, once, so concurrent commits into the same
+/// directories share the flushes. (`syncfs` would also do, but it flushes every
+/// other program's dirty data on the filesystem too: measured 12 s instead of
+/// 7 s for a 1 GiB file next to other writers.)
 #[derive(Default)]
 struct GroupSync {
     state: std::sync::Mutex<SyncState>,
@@ -119,12 +120,16 @@ struct SyncState {
     running: bool,
     /// The last failed round: (covered tickets up to, error).
     failed: Option<(u64, String)>,
+    /// Directories (mirror-relative, "." for the root) waiting for their fsync.
+    dirs: std::collections::BTreeSet<String>,
 }
 
 impl GroupSync {
-    /// Returns once everything written before the call is on disk.
-    fn sync(&self, fs: &std::fs::File) -> io::Result<()> {
+    /// Returns once directory `dir` of the mirror at `base` (and every entry
+    /// renamed into or removed from it before the call) is on disk.
+    fn sync_dir(&self, base: &Path, dir: &str) -> io::Result<()> {
         let mut s = self.state.lock().expect("not poisoned");
+        s.dirs.insert(dir.to_owned());
         s.requested += 1;
         let ticket = s.requested;
         loop {
@@ -138,12 +143,14 @@ impl GroupSync {
                 // Lead a round: it covers every ticket handed out before it starts.
                 s.running = true;
                 let target = s.requested;
+                let dirs = std::mem::take(&mut s.dirs);
                 drop(s);
-                let r = rustix::fs::syncfs(fs);
+                // Opening by path only to fsync: nothing is read or written through it.
+                let r = dirs.iter().try_for_each(|d| std::fs::File::open(base.join(d))?.sync_all());
                 s = self.state.lock().expect("not poisoned");
                 s.running = false;
                 s.completed = target;
-                s.failed = r.err().map(|e| (target, io::Error::from(e).to_string()));
+                s.failed = r.err().map(|e| (target, e.to_string()));
                 self.done.notify_all();
                 continue;
             }
@@ -157,8 +164,6 @@ pub struct Mirror {
     root: Dir,
     staging: Dir,
     path: PathBuf,
-    /// A handle on the mirror's filesystem for `syncfs`.
-    fs: std::fs::File,
     group: GroupSync,
     /// The exclusive lock on [`LOCK`], released when the mirror is dropped.
     _lock: std::fs::File,
@@ -214,8 +219,7 @@ impl Mirror {
         }
         root.create_dir_all(STAGING).map_err(err("create", STAGING))?;
         let staging = root.open_dir(STAGING).map_err(err("open", STAGING))?;
-        let fs = std::fs::File::open(path).map_err(err("open mirror folder", &p))?;
-        Ok(Mirror { root, staging, path: path.to_owned(), fs, group: GroupSync::default(), _lock: lock })
+        Ok(Mirror { root, staging, path: path.to_owned(), group: GroupSync::default(), _lock: lock })
     }
 
     /// Creates the mirror folder and its private `.sftp-mirror` folder.
@@ -305,11 +309,16 @@ impl Mirror {
 
     /// Makes every ancestor of `rel` a real directory, replacing a file or
     /// symlink in the way (the remote has a directory there).
-    fn ensure_ancestors(&self, rel: &str) -> Result<(), MirrorError> {
+    /// Returns the first directory it had to create, if any: its parent's
+    /// entry must be made durable too.
+    fn ensure_ancestors<'r>(&self, rel: &'r str) -> Result<Option<&'r str>, MirrorError> {
+        let mut first = None;
         for prefix in ancestors(rel) {
-            self.ensure_dir_at(prefix)?;
+            if self.ensure_dir_at(prefix)? && first.is_none() {
+                first = Some(prefix);
+            }
         }
-        Ok(())
+        Ok(first)
     }
 
     fn ensure_dir_at(&self, rel: &str) -> Result<bool, MirrorError> {
@@ -337,8 +346,15 @@ impl Mirror {
     /// # Errors
     /// On an I/O error.
     pub fn make_dir(&self, rel: &RemotePath) -> Result<bool, MirrorError> {
-        self.ensure_ancestors(rel.as_str())?;
-        self.ensure_dir_at(rel.as_str())
+        let r = rel.as_str();
+        let first = self.ensure_ancestors(r)?;
+        let created = self.ensure_dir_at(r)?;
+        if let Some(first) = first.or(created.then_some(r)) {
+            for p in ancestors(r).chain([r]).filter(|p| p.len() >= first.len()) {
+                self.group.sync_dir(&self.path, parent_of(p)).map_err(err("sync directory", p))?;
+            }
+        }
+        Ok(created)
     }
 
     /// A new, empty staging file.
@@ -377,14 +393,21 @@ impl Mirror {
         f.set_modified(UNIX_EPOCH + Duration::from_secs(mtime)).map_err(err("set mtime", r))?;
         // The data must be durable before the name points at it, or a crash could
         // leave an empty or partial file under the final name.
-        self.group.sync(&self.fs).map_err(err("sync data of", r))?;
-        self.ensure_ancestors(r)?;
+        f.sync_data().map_err(err("sync data of", r))?;
+        let created = self.ensure_ancestors(r)?;
         if let Some(LocalKind::Dir) = self.lstat(r)?.map(|e| e.kind) {
             self.root.remove_dir_all(r).map_err(err("replace directory", r))?;
         }
         self.staging.rename(&staged.name, &self.root, r).map_err(err("rename into place", r))?;
         staged.committed = true;
-        self.group.sync(&self.fs).map_err(err("sync rename of", r))
+        if let Some(c) = created {
+            // New directories: the chain below the first one created is flushed
+            // by each child's own directory fsync; the first one needs its parent.
+            for prefix in ancestors(r).filter(|p| p.len() >= c.len()) {
+                self.group.sync_dir(&self.path, parent_of(prefix)).map_err(err("sync directory", prefix))?;
+            }
+        }
+        self.group.sync_dir(&self.path, parent_of(r)).map_err(err("sync rename of", r))
     }
 
     /// Removes `rel` (a file, a symlink, or a whole directory tree, never
@@ -403,7 +426,7 @@ impl Mirror {
         }
         .or_else(|e| if gone(&e) { Ok(()) } else { Err(e) })
         .map_err(err("remove", r))?;
-        self.group.sync(&self.fs).map_err(err("sync removal of", r))?;
+        self.group.sync_dir(&self.path, parent_of(r)).map_err(err("sync removal of", r))?;
         Ok(Some(entry.kind))
     }
 
@@ -464,6 +487,11 @@ fn entry_of(m: &cap_std::fs::Metadata) -> LocalEntry {
 fn gone(e: &io::Error) -> bool {
     matches!(e.kind(), io::ErrorKind::NotFound | io::ErrorKind::NotADirectory)
         || e.raw_os_error() == Some(20 /* ENOTDIR */)
+}
+
+/// `a/b/c` → `a/b`; `c` → `.`.
+fn parent_of(rel: &str) -> &str {
+    rel.rfind('/').map_or(".", |i| &rel[..i])
 }
 
 /// `a/b/c` → `a`, `a/b`.
