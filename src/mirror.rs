@@ -191,10 +191,12 @@ impl Mirror {
     fn open_as(path: &Path, writer: bool) -> Result<Mirror, MirrorError> {
         let p = path.display().to_string();
         let root = Self::open_root(path)?;
-        let lock = root
-            .open_with(LOCK, OpenOptions::new().create(true).truncate(false).write(true))
-            .map_err(err("open", LOCK))?
-            .into_std();
+        // Held open read-only: a file open for writing would keep the filesystem
+        // from being remounted read-only while we run.
+        if !root.exists(LOCK) {
+            drop(root.open_with(LOCK, OpenOptions::new().create(true).truncate(false).write(true)));
+        }
+        let lock = root.open(LOCK).map_err(err("open", LOCK))?.into_std();
         let locked = if writer {
             rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
         } else {

@@ -3,11 +3,13 @@
 //! Not every test uses every helper, hence the `dead_code` allowance.
 #![allow(dead_code)]
 
+mod chaos;
 mod daemon;
 mod embedded;
 mod http;
 mod sshd;
 
+pub use chaos::*;
 pub use daemon::*;
 pub use embedded::*;
 pub use http::*;
