@@ -156,3 +156,24 @@ fn sigkill_after_204_loses_nothing_and_shows_no_partial_file() {
     assert_eq!(staging_files(&env), 0);
     eprintln!("files present at the kill: {before} entries; all 40 arrived after restart");
 }
+
+#[test]
+fn a_directory_event_brings_the_whole_subtree_in_line() {
+    let env = Env::new();
+    env.put("d/old.txt", b"old");
+    env.put("d/sub/deep.txt", b"deep");
+    let d = env.serve(&Opts::default());
+    assert_eq!(d.send(&event("a1", "file.created", "d/old.txt")).status, 204);
+    assert_eq!(d.send(&event("a2", "file.created", "d/sub/deep.txt")).status, 204);
+    wait_mirror_equals_remote(&env);
+
+    // The directory is removed and re-created with other content; only the
+    // directory's own events arrive (one delete, one create, coalesced or not).
+    std::fs::remove_dir_all(env.remote().join("d")).unwrap();
+    env.put("d/new.txt", b"new");
+    assert_eq!(d.send(&event("a3", "file.deleted", "d/")).status, 204);
+    assert_eq!(d.send(&event("a4", "file.created", "d/")).status, 204);
+    wait_mirror_equals_remote(&env);
+    assert!(!env.mirror().join("d/old.txt").exists() && !env.mirror().join("d/sub").exists());
+    assert_eq!(std::fs::read(env.mirror().join("d/new.txt")).unwrap(), b"new");
+}

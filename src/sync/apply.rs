@@ -136,7 +136,61 @@ impl Syncer {
             tracing::info!(path = %path, ancestor = a, "not mirrored: a remote ancestor is a symlink");
             return Ok(Action::Skipped("a remote ancestor is a symlink"));
         }
-        self.apply_known(path, remote?).await
+        let remote = remote?;
+        let action = self.apply_known(path, remote).await?;
+        if remote.is_some_and(|e| e.kind == RemoteKind::Dir) {
+            // An event on a directory may stand for a change of its whole content
+            // (removed and re-created, renamed, uploaded as a tree), so the
+            // directory's subtree is brought in line with the remote too.
+            self.sync_subtree(&path.with_dir(true)).await?;
+        }
+        Ok(action)
+    }
+
+    /// Makes the mirror's subtree under directory `dir` equal the remote one.
+    /// The caller holds the lock on `dir`, which covers every descendant.
+    async fn sync_subtree(&self, dir: &RemotePath) -> Result<(), ApplyError> {
+        let rpath = self.remote.path_of(dir.as_str());
+        let remote = self
+            .remote
+            .with_retry(|c| {
+                let rpath = rpath.clone();
+                async move { crate::remote::list_dir(&c, &rpath).await }
+            })
+            .await;
+        let remote = match remote {
+            Ok(r) => r,
+            // Gone meanwhile: the next event (or reconcile) sees that.
+            Err(RemoteError::Status { code: russh_sftp::protocol::StatusCode::NoSuchFile, .. }) => return Ok(()),
+            Err(e) => return Err(e.into()),
+        };
+        let (m, d) = (self.mirror.clone(), dir.clone());
+        let local = blocking(move || if m.stat_dir(Some(&d))? { m.list_dir(Some(&d)) } else { Ok(Vec::new()) }).await?;
+        let mut local: std::collections::HashMap<String, LocalKind> =
+            local.into_iter().map(|(name, e)| (name, e.kind)).collect();
+        for r in remote {
+            local.remove(&r.name);
+            let is_dir = r.entry.kind == RemoteKind::Dir;
+            let Ok(child) = RemotePath::parse(&format!("{}/{}", dir.as_str(), r.name)).map(|p| p.with_dir(is_dir))
+            else {
+                continue;
+            };
+            if !self.filter.allows(&child) {
+                continue;
+            }
+            self.apply_known(&child, Some(r.entry)).await?;
+            if is_dir {
+                Box::pin(self.sync_subtree(&child)).await?;
+            }
+        }
+        for (name, kind) in local {
+            let Ok(child) = RemotePath::parse(&format!("{}/{name}", dir.as_str())) else { continue };
+            let child = child.with_dir(kind == LocalKind::Dir);
+            if self.filter.allows(&child) {
+                self.remove(&child).await?;
+            }
+        }
+        Ok(())
     }
 
     /// The first ancestor of `path` that is a symlink (or another special
