@@ -2,9 +2,10 @@
 //! ordering and bounded concurrency, record the outcome.
 //!
 //! Rows are started in the order received. A row whose path overlaps a row
-//! still waiting before it, or one running, waits. Consecutive waiting rows for
-//! the very same path are applied once: one `stat` of the remote answers all
-//! of them, since each was received before that `stat` (SPEC §2).
+//! still waiting before it, or one running, waits. Waiting rows for the very
+//! same path (up to a row on an overlapping, different path) are applied once:
+//! one `stat` of the remote answers all of them, since each was received
+//! before that `stat` (SPEC §2).
 
 use super::apply::{Action, Syncer};
 use crate::event::RemotePath;
@@ -79,13 +80,19 @@ pub async fn run(
             };
             let (job, path) = queue.remove(i).expect("index checked");
             let mut seqs = vec![job.seq];
-            // Fold in the following rows for the same path, up to the first overlapping one.
-            while let Some((next, p)) = queue.get(i) {
-                if p != &path {
+            // Fold in the later rows for the same path, up to the first row on an
+            // overlapping but different path (whose order relative to them matters);
+            // rows on unrelated paths in between do not matter.
+            let mut j = i;
+            while let Some((next, p)) = queue.get(j) {
+                if p == &path {
+                    seqs.push(next.seq);
+                    queue.remove(j);
+                } else if p.overlaps(&path) {
                     break;
+                } else {
+                    j += 1;
                 }
-                seqs.push(next.seq);
-                queue.remove(i);
             }
             running += 1;
             let (syncer, tx) = (syncer.clone(), done_tx.clone());
