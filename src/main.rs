@@ -405,7 +405,22 @@ fn open_journal(settings: &Settings) -> Result<Journal, Failure> {
         .map_err(|e| Failure::new(EXIT_FAILED, e))
 }
 
+/// glibc's malloc adapts its thresholds so that every freed 255 KiB SFTP read
+/// buffer is handed back to the kernel (madvise) and the next one page-faults
+/// fresh zeroed pages: a quarter of the process's CPU in a 500 x 1 MiB download
+/// (perf). Fixed thresholds keep those buffers for reuse; peak RSS is unchanged
+/// (bench/README.md).
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets allocator parameters; called before any thread exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 4 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 64 << 20);
+    }
+}
+
 fn main() -> ExitCode {
+    tune_allocator();
     let cli = Cli::parse();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
