@@ -118,7 +118,9 @@ transfer() {
   case "$tool" in
     sftp-mirror) "$BIN" --config "$(config "$src" "$out")" -q reconcile --json >/dev/null ;;
     openssh-sftp)
-      if [ "$kind" = file ]; then mkdir -p "$out"; echo "get $src/big.bin $out/big.bin" > "$W/batch"; else echo "get -r $src $out" > "$W/batch"; fi
+      # `get -r src out` nests src inside an existing out: copy its entries instead.
+      mkdir -p "$out"
+      if [ "$kind" = file ]; then echo "get $src/big.bin $out/big.bin" > "$W/batch"; else echo "get -r $src/* $out" > "$W/batch"; fi
       sftp -q $SSHOPTS -P "$PORT" -b "$W/batch" root@127.0.0.1 >/dev/null ;;
     rclone)
       rclone copy ":sftp:$src" "$out" --sftp-host 127.0.0.1 --sftp-port "$PORT" --sftp-user root \
