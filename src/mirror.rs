@@ -65,6 +65,21 @@ pub struct LocalEntry {
     pub size: u64,
     /// Modification time, whole seconds since the epoch.
     pub mtime: u64,
+    /// Status change time (when our copy was put in place), seconds since the epoch.
+    pub changed: i64,
+}
+
+impl LocalEntry {
+    /// Whether this copy was put in place within a second of its (remote)
+    /// mtime. SFTP mtimes are whole seconds, so a same-size rewrite in that
+    /// second keeps size and mtime: such a copy cannot be trusted as
+    /// unchanged when an event says the file was written again. (Git's "racy
+    /// clean" entries, same reasoning.) A remote clock running ahead makes
+    /// copies racy for as long as it is ahead, which costs downloads, never
+    /// correctness.
+    pub fn is_racy(&self) -> bool {
+        i64::try_from(self.mtime).map_or(true, |m| self.changed <= m + 1)
+    }
 }
 
 /// An open staging file; commit it with [`Mirror::commit`] or drop it (removed).
@@ -481,7 +496,7 @@ fn entry_of(m: &cap_std::fs::Metadata) -> LocalEntry {
         .ok()
         .and_then(|t| t.into_std().duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    LocalEntry { kind, size: m.len(), mtime }
+    LocalEntry { kind, size: m.len(), mtime, changed: cap_std::fs::MetadataExt::ctime(m) }
 }
 
 /// "Not there", including "a component on the way is not a directory" and
@@ -504,6 +519,13 @@ fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_copy_made_within_a_second_of_its_mtime_is_racy() {
+        let e = |changed| LocalEntry { kind: LocalKind::File, size: 1, mtime: 1_000, changed };
+        assert!(e(999).is_racy() && e(1_000).is_racy() && e(1_001).is_racy());
+        assert!(!e(1_002).is_racy());
+    }
     use std::io::Write;
 
     fn p(s: &str) -> RemotePath {

@@ -177,3 +177,25 @@ fn a_directory_event_brings_the_whole_subtree_in_line() {
     assert!(!env.mirror().join("d/old.txt").exists() && !env.mirror().join("d/sub").exists());
     assert_eq!(std::fs::read(env.mirror().join("d/new.txt")).unwrap(), b"new");
 }
+
+#[test]
+fn a_same_size_rewrite_within_the_same_second_is_fetched_on_its_event() {
+    let env = Env::new();
+    // SFTP mtimes are whole seconds. Both versions carry the same one, a little
+    // ahead so that our first copy is surely made within that second, as it is
+    // for an upload followed at once by its event.
+    let mtime = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
+    let put = |data: &[u8]| {
+        env.put("racy.txt", data);
+        std::fs::File::options().write(true).open(env.remote().join("racy.txt")).unwrap().set_modified(mtime).unwrap();
+    };
+    let mirrored = || std::fs::read(env.mirror().join("racy.txt")).unwrap_or_default();
+    put(b"first");
+    let d = env.serve(&Opts::default());
+    assert_eq!(d.send(&event("r1", "file.created", "racy.txt")).status, 204);
+    wait_for("the first version", || mirrored() == b"first");
+
+    put(b"again"); // same size, same mtime: only the event says it changed
+    assert_eq!(d.send(&event("r2", "file.created", "racy.txt")).status, 204);
+    wait_for("the rewritten version", || mirrored() == b"again");
+}

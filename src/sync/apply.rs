@@ -253,14 +253,17 @@ impl Syncer {
     }
 
     /// Downloads file `path` described by `entry` unless the mirror already has
-    /// the same size and mtime.
+    /// the same size and mtime in a copy made after that mtime's second ended
+    /// (see [`LocalEntry::is_racy`](crate::mirror::LocalEntry::is_racy)).
     async fn fetch(&self, path: &RemotePath, mut entry: RemoteEntry) -> Result<Action, ApplyError> {
         if !self.filter.allows(path) {
             return Ok(Action::Skipped("excluded by include/exclude"));
         }
         let (m, p) = (self.mirror.clone(), path.clone());
         let local = blocking(move || m.stat(&p)).await?;
-        if local.is_some_and(|l| l.kind == LocalKind::File && l.size == entry.size && l.mtime == entry.mtime) {
+        if local.is_some_and(|l| {
+            l.kind == LocalKind::File && l.size == entry.size && l.mtime == entry.mtime && !l.is_racy()
+        }) {
             return Ok(Action::Unchanged);
         }
         let rpath = self.remote.path_of(path.as_str());
