@@ -3,7 +3,7 @@
 //! non-panicking and a keep-alive HTTP client, raw socket requests, journal
 //! queries and process memory figures.
 
-use super::daemon::{bin, wait_mirror_equals_remote, Env, SECRET};
+use super::daemon::{bin, wait_mirror_equals_remote, walk, Env, SECRET};
 use sftp_mirror::config::Secret;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -66,35 +66,26 @@ pub enum Seen {
 /// entries that disappear or are replaced during the walk (they are skipped).
 pub fn snapshot(root: &Path) -> Vec<(String, Seen)> {
     let mut out = Vec::new();
-    let mut stack = vec![root.to_owned()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        for e in rd.flatten() {
-            let p = e.path();
-            let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
-            if rel == ".sftp-mirror" {
-                continue;
+    walk(root, |rel, p, ft| {
+        let seen = if ft.is_dir() {
+            Seen::Dir
+        } else if ft.is_symlink() {
+            Seen::Symlink
+        } else if ft.is_file() {
+            // Open without following a symlink swapped in meanwhile.
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new().read(true).custom_flags(0o400000 /* O_NOFOLLOW */).open(p);
+            let Ok(mut f) = f else { return };
+            let mut buf = Vec::new();
+            if f.read_to_end(&mut buf).is_err() {
+                return;
             }
-            let Ok(ft) = e.file_type() else { continue };
-            if ft.is_dir() {
-                out.push((rel, Seen::Dir));
-                stack.push(p);
-            } else if ft.is_symlink() {
-                out.push((rel, Seen::Symlink));
-            } else if ft.is_file() {
-                // Open without following a symlink swapped in meanwhile.
-                use std::os::unix::fs::OpenOptionsExt;
-                let f = std::fs::OpenOptions::new().read(true).custom_flags(0o400000 /* O_NOFOLLOW */).open(&p);
-                let Ok(mut f) = f else { continue };
-                let mut buf = Vec::new();
-                if f.read_to_end(&mut buf).is_ok() {
-                    out.push((rel, Seen::File(sha(&buf))));
-                }
-            } else {
-                out.push((rel, Seen::Other));
-            }
-        }
-    }
+            Seen::File(sha(&buf))
+        } else {
+            Seen::Other
+        };
+        out.push((rel, seen));
+    });
     out
 }
 

@@ -272,34 +272,45 @@ pub fn event(id: &str, topic: &str, path: &str) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Every entry under `root` (skipping `.sftp-mirror`): relative path → file
-/// bytes' SHA-256, or "dir".
-pub fn tree(root: &Path) -> BTreeMap<String, String> {
-    use sha2::{Digest, Sha256};
-    let mut out = BTreeMap::new();
+/// Calls `visit(relative path, path, type)` for every entry under `root` except
+/// the top-level `.sftp-mirror`, descending into directories. Entries can vanish
+/// or be replaced while we look (the daemon is working): those are skipped.
+pub fn walk(root: &Path, mut visit: impl FnMut(String, &Path, std::fs::FileType)) {
     let mut stack = vec![root.to_owned()];
     while let Some(d) = stack.pop() {
         let Ok(rd) = std::fs::read_dir(&d) else { continue };
-        // Entries can vanish while we look (the daemon is working): skip those.
         for e in rd.flatten() {
             let p = e.path();
             let rel = p.strip_prefix(root).unwrap().to_string_lossy().to_string();
+            let Ok(ft) = e.file_type() else { continue };
             if rel == ".sftp-mirror" {
                 continue;
             }
-            let Ok(ft) = e.file_type() else { continue };
+            visit(rel, &p, ft);
             if ft.is_dir() {
-                out.insert(rel, "dir".into());
                 stack.push(p);
-            } else if ft.is_symlink() {
-                let Ok(target) = std::fs::read_link(&p) else { continue };
-                out.insert(rel, format!("symlink -> {}", target.display()));
-            } else {
-                let Ok(bytes) = std::fs::read(&p) else { continue };
-                out.insert(rel, hex::encode(Sha256::digest(bytes)));
             }
         }
     }
+}
+
+/// Every entry under `root` (skipping `.sftp-mirror`): relative path → file
+/// bytes' SHA-256, "dir" or "symlink -> target".
+pub fn tree(root: &Path) -> BTreeMap<String, String> {
+    use sha2::{Digest, Sha256};
+    let mut out = BTreeMap::new();
+    walk(root, |rel, p, ft| {
+        let seen = if ft.is_dir() {
+            Some("dir".into())
+        } else if ft.is_symlink() {
+            std::fs::read_link(p).ok().map(|t| format!("symlink -> {}", t.display()))
+        } else {
+            std::fs::read(p).ok().map(|bytes| hex::encode(Sha256::digest(bytes)))
+        };
+        if let Some(seen) = seen {
+            out.insert(rel, seen);
+        }
+    });
     out
 }
 
