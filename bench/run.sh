@@ -4,6 +4,7 @@
 #
 #   bash bench/run.sh                    # full run, writes bench/RESULTS.md
 #   BENCH_SCALE=smoke bash bench/run.sh  # tiny data, one run (CI), writes to the work dir
+#   BENCH_LARGE=100000 bash bench/run.sh # adds a no-op pass over a tree of that many files
 #
 # Needs root on a fresh Debian to install the peers (apt-get). Loopback only.
 set -euo pipefail
@@ -14,6 +15,7 @@ if [ "$SCALE" = smoke ]; then
 else
   RUNS=${BENCH_RUNS:-3}; BIG_MB=1024; SMALL_N=10000; MED_N=500; INTAKE_SECS=10; LAT_N=1000
 fi
+LARGE_N=${BENCH_LARGE:-0}
 W=$(mktemp -d /tmp/sftp-mirror-bench.XXXXXX)
 OUT=${BENCH_OUT:-$([ "$SCALE" = smoke ] && echo "$W/RESULTS.md" || echo "$ROOT/bench/RESULTS.md")}
 say() { printf '==> %s\n' "$*" >&2; }
@@ -64,9 +66,9 @@ echo "[127.0.0.1]:$PORT $(cut -d' ' -f1,2 "$W/host_key.pub")" > "$W/known_hosts"
 SSHOPTS="-i $W/client_key -o UserKnownHostsFile=$W/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes"
 
 say "data: ${BIG_MB} MiB file, ${SMALL_N} files of 1-8 KiB, ${MED_N} x 1 MiB (deterministic)"
-python3 - "$W/data" "$BIG_MB" "$SMALL_N" "$MED_N" <<'EOF'
+python3 - "$W/data" "$BIG_MB" "$SMALL_N" "$MED_N" "$LARGE_N" <<'EOF'
 import os, random, sys
-base, big_mb, small_n, med_n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+base, big_mb, small_n, med_n, large_n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
 r = random.Random(20261128)
 os.makedirs(f"{base}/big", exist_ok=True)
 block = r.randbytes(1 << 20)
@@ -82,6 +84,11 @@ os.makedirs(f"{base}/medium", exist_ok=True)
 for i in range(med_n):
     with open(f"{base}/medium/m{i:03}.bin", "wb") as f:
         f.write(bytes([i % 251]) + block[1:])
+for i in range(large_n):
+    d = f"{base}/large/d{i // 100:05}"
+    os.makedirs(d, exist_ok=True)
+    with open(f"{d}/f{i % 100:03}", "wb") as f:
+        f.write(b"x" * (1 + i % 100))
 EOF
 
 config() { # remote_root mirror [listen]
@@ -147,18 +154,23 @@ measure() { # scenario tool src kind fresh(1|0) run
   printf '%s\t%s\t%s\n' "$scen" "$tool" "$(cat "$W/t")" >> "$W/times.tsv"
 }
 
-for scen in big small-fresh small-noop medium; do
+SCENARIOS=(big small-fresh small-noop medium)
+if [ "$LARGE_N" -gt 0 ]; then SCENARIOS+=(large-noop); fi
+for scen in "${SCENARIOS[@]}"; do
+  tools=("${TOOLS[@]}")
   case $scen in
     big) src=$W/data/big kind=file fresh=1 ;;
     small-fresh) src=$W/data/small kind=tree fresh=1 ;;
     small-noop) src=$W/data/small kind=tree fresh=0 ;;
     medium) src=$W/data/medium kind=tree fresh=1 ;;
+    # OpenSSH sftp is no sync tool: it would copy the whole tree again.
+    large-noop) src=$W/data/large kind=tree fresh=0 tools=(sftp-mirror rclone lftp) ;;
   esac
-  if [ "$scen" = small-noop ]; then
-    for t in "${TOOLS[@]}"; do rm -rf "$W/out/$t-$scen"; transfer "$t" "$src" "$W/out/$t-$scen" "$kind"; done
+  if [ "$fresh" = 0 ]; then
+    for t in "${tools[@]}"; do say "$scen: first copy by $t"; transfer "$t" "$src" "$W/out/$t-$scen" "$kind"; done
   fi
   for r in $(seq "$RUNS"); do
-    for t in "${TOOLS[@]}"; do
+    for t in "${tools[@]}"; do
       say "$scen run $r: $t"
       measure "$scen" "$t" "$src" "$kind" "$fresh" "$r"
       # Every tool must have produced the same bytes.
@@ -196,7 +208,7 @@ kill $HPID; HPID=
 
 say "writing $OUT"
 python3 - "$W" "$OUT" "$SCALE" "$RUNS" "$OURS_RSS" "$HOOK_RSS" "$ROOT" <<'EOF'
-import json, statistics, subprocess, sys, datetime, platform
+import json, os, statistics, subprocess, sys, datetime, platform
 w, out, scale, runs, ours_rss, hook_rss, root = sys.argv[1:8]
 rows = {}
 for line in open(f"{w}/times.tsv"):
@@ -216,8 +228,8 @@ lines = [f"# sftp-mirror benchmark ({scale})", "",
          f"- command: `bash bench/run.sh`" + (" (BENCH_SCALE=smoke)" if scale == "smoke" else ""), "",
          "| scenario | tool | wall s, median (min-max) | CPU s | peak RSS MiB | speed vs best peer |",
          "|---|---|---|---|---|---|"]
-names = {"big": "1 file", "small-fresh": "small files, fresh", "small-noop": "small files, nothing changed", "medium": "1 MiB files, fresh"}
-for scen in ["big", "small-fresh", "small-noop", "medium"]:
+names = {"big": "1 file", "small-fresh": "small files, fresh", "small-noop": "small files, nothing changed", "medium": "1 MiB files, fresh", "large-noop": f"{os.environ.get('BENCH_LARGE', '?')} files, nothing changed"}
+for scen in ["big", "small-fresh", "small-noop", "medium", "large-noop"]:
     tools = rows.get(scen, {})
     med = {t: statistics.median(x[0] for x in v) for t, v in tools.items()}
     peers = {t: m for t, m in med.items() if t != "sftp-mirror"}
