@@ -225,7 +225,7 @@ lines = [f"# sftp-mirror benchmark ({scale})", "",
          f"- date: {datetime.datetime.utcnow():%Y-%m-%d %H:%M} UTC; machine: {platform.node()}, {len([l for l in open('/proc/cpuinfo') if l.startswith('processor')])} cores, {cpu}",
          f"- sftp-mirror {ver(f'git -C {root} rev-parse --short HEAD')}; {ver('ssh -V 2>&1')}; {ver('rclone version')}; {ver('lftp --version')}; {ver('webhook -version')}",
          f"- {runs} run(s) per tool, tools alternating; server and clients share the machine; private sshd (internal-sftp) on loopback",
-         f"- command: `bash bench/run.sh`" + (" (BENCH_SCALE=smoke)" if scale == "smoke" else ""), "",
+         "- command: `" + (f"BENCH_LARGE={os.environ['BENCH_LARGE']} " if os.environ.get("BENCH_LARGE") else "") + "bash bench/run.sh`" + (" (BENCH_SCALE=smoke)" if scale == "smoke" else ""), "",
          "| scenario | tool | wall s, median (min-max) | CPU s | peak RSS MiB | speed vs best peer |",
          "|---|---|---|---|---|---|"]
 names = {"big": "1 file", "small-fresh": "small files, fresh", "small-noop": "small files, nothing changed", "medium": "1 MiB files, fresh", "large-noop": f"{os.environ.get('BENCH_LARGE', '?')} files, nothing changed"}
