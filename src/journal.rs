@@ -594,14 +594,43 @@ fn run(conn: Connection, rx: mpsc::Receiver<Request>, synced: mpsc::Sender<Vec<R
 /// sync (fsync acts on the file, not the descriptor), so a WAL SQLite has
 /// recreated is never missed. `None`: not in WAL mode, SQLite synced already.
 fn sync(wal: Option<&Path>, rx: mpsc::Receiver<Vec<Reply>>) {
+    sync_loop(rx, || match wal {
+        None => Ok(()),
+        Some(wal) => match std::fs::File::open(wal) {
+            Err(e) => Err(SyncFailure::Open(format!("cannot open {} to sync it: {e}", wal.display()))),
+            Ok(f) => f.sync_data().map_err(|e| SyncFailure::Flush(format!("syncing {} failed: {e}", wal.display()))),
+        },
+    })
+}
+
+/// Why a WAL sync failed.
+enum SyncFailure {
+    /// The file could not be opened: nothing lost, its pages stay dirty for the next sync.
+    Open(String),
+    /// fsync itself failed.
+    Flush(String),
+}
+
+fn sync_loop(rx: mpsc::Receiver<Vec<Reply>>, mut flush: impl FnMut() -> Result<(), SyncFailure>) {
+    // After a failed fsync Linux may drop the dirty pages and report the next
+    // fsync as clean, so nothing committed afterwards can be called durable:
+    // every later request fails until a restart reopens what is on disk.
+    let mut broken: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut batches = vec![first];
         batches.extend(rx.try_iter());
-        let synced = wal.map_or(Ok(()), |wal| {
-            std::fs::File::open(wal)
-                .and_then(|f| f.sync_data())
-                .map_err(|e| format!("cannot sync {}: {e}", wal.display()))
-        });
+        let synced = match &broken {
+            Some(e) => Err(e.clone()),
+            None => match flush() {
+                Ok(()) => Ok(()),
+                Err(SyncFailure::Open(e)) => Err(e),
+                Err(SyncFailure::Flush(e)) => {
+                    let e = format!("{e}; the journal refuses events until sftp-mirror is restarted");
+                    broken = Some(e.clone());
+                    Err(e)
+                }
+            },
+        };
         if let Err(e) = &synced {
             tracing::error!("{e}");
         }
@@ -728,7 +757,34 @@ mod tests {
         sync(Some(&dir.path().join("missing-wal")), rx);
         let answers: Vec<_> = heard.try_iter().collect();
         assert_eq!(answers.len(), 3);
-        assert!(answers.iter().all(|(_, r)| r.as_ref().is_err_and(|e| e.contains("cannot sync"))), "{answers:?}");
+        assert!(answers.iter().all(|(_, r)| r.as_ref().is_err_and(|e| e.contains("to sync it"))), "{answers:?}");
+    }
+
+    #[test]
+    fn after_a_failed_fsync_nothing_is_called_durable_again() {
+        // Each batch is sent only after the previous one was answered, so each
+        // gets a sync of its own: open error, good, fsync error, good, good.
+        let mut outcomes = vec![
+            Err(SyncFailure::Open("cannot open".into())),
+            Ok(()),
+            Err(SyncFailure::Flush("EIO".into())),
+            Ok(()),
+            Ok(()),
+        ]
+        .into_iter();
+        let (tx, rx) = mpsc::channel::<Vec<Reply>>();
+        let (heard_tx, heard) = mpsc::channel();
+        let t = std::thread::spawn(move || sync_loop(rx, || outcomes.next().unwrap_or(Ok(()))));
+        let mut answers = Vec::new();
+        for _ in 0..5 {
+            let h = heard_tx.clone();
+            tx.send(vec![Box::new(move |r: Result<(), String>| h.send(r).unwrap()) as Reply]).unwrap();
+            answers.push(heard.recv().unwrap().is_ok());
+        }
+        drop(tx);
+        t.join().unwrap();
+        // An open error loses nothing: the next sync counts. An fsync error is final.
+        assert_eq!(answers, [false, true, false, false, false]);
     }
 
     #[tokio::test]
