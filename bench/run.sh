@@ -147,9 +147,8 @@ TOOLS=(sftp-mirror openssh-sftp rclone lftp)
 # end: on ext4 without a journal (this machine's root) every new inode skips
 # inodes deleted in the last 60-360 s, one by one, so creating 10,000 files
 # right after deleting 10,000 measures the file system, not the tool.
-measure() { # scenario tool src kind fresh(1|0) run
-  local scen=$1 tool=$2 src=$3 kind=$4 fresh=$5 out="$W/out/$2-$1"
-  [ "$fresh" = 1 ] && out="$out-$6"
+measure() { # scenario tool src kind out
+  local scen=$1 tool=$2 src=$3 kind=$4 out=$5
   /usr/bin/time -f "%e %U %S %M" -o "$W/t" bash -c "$(declare -f transfer config); BIN=$BIN W=$W PORT=$PORT SSHOPTS='$SSHOPTS'; transfer $tool $src $out $kind"
   printf '%s\t%s\t%s\n' "$scen" "$tool" "$(cat "$W/t")" >> "$W/times.tsv"
 }
@@ -172,9 +171,10 @@ for scen in "${SCENARIOS[@]}"; do
   for r in $(seq "$RUNS"); do
     for t in "${tools[@]}"; do
       say "$scen run $r: $t"
-      measure "$scen" "$t" "$src" "$kind" "$fresh" "$r"
+      out="$W/out/$t-$scen"
+      if [ "$fresh" = 1 ]; then out="$out-$r"; fi
+      measure "$scen" "$t" "$src" "$kind" "$out"
       # Every tool must have produced the same bytes.
-      out="$W/out/$t-$scen"; [ "$fresh" = 1 ] && out="$out-$r"
       diff -r -q -x .sftp-mirror "$src" "$out" >/dev/null || say "WARNING: $t's copy of $scen differs from the source"
       if [ "$kind" = file ]; then rm -rf "$out"; fi # one inode: no allocator penalty, and it frees 1 GiB
     done

@@ -243,7 +243,7 @@ impl Journal {
         conn.pragma_update(None, "synchronous", if wal.is_some() { "NORMAL" } else { "FULL" })?;
         // A checkpoint runs inside a commit and stalls every request behind it;
         // one per 64 MiB of WAL instead of SQLite's 4 MiB writes hot pages once
-        // instead of sixteen times and took the intake p99 from 14 to 11 ms (bench).
+        // instead of sixteen times and took the intake p99 from 14 to 11 ms (loadgen A/B).
         // After a checkpoint the WAL is cut back to 16 MiB.
         conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
         conn.pragma_update(None, "journal_size_limit", 16i64 << 20)?;

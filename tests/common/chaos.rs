@@ -3,7 +3,7 @@
 //! non-panicking and a keep-alive HTTP client, raw socket requests, journal
 //! queries and process memory figures.
 
-use super::daemon::{bin, wait_mirror_equals_remote, walk, Env, SECRET};
+use super::daemon::{bin, wait_mirror_equals_remote, wait_trees_equal, walk, Env, SECRET};
 use sftp_mirror::config::Secret;
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -292,18 +292,6 @@ pub fn robust_tree(root: &Path) -> BTreeMap<String, String> {
 /// Waits (up to `within`) until the mirror equals the remote, while the daemon
 /// may still be changing the mirror; then checks once more with the harness's `tree()`.
 pub fn converge(env: &Env, within: Duration) {
-    let start = Instant::now();
-    loop {
-        let (r, m) = (robust_tree(env.remote()), robust_tree(&env.mirror()));
-        if r == m {
-            break;
-        }
-        if start.elapsed() > within {
-            let only_m: Vec<_> = m.iter().filter(|(k, v)| r.get(*k) != Some(*v)).map(|(k, _)| k).collect();
-            let only_r: Vec<_> = r.iter().filter(|(k, v)| m.get(*k) != Some(*v)).map(|(k, _)| k).collect();
-            panic!("mirror never became equal to the remote: wrong/extra in mirror {only_m:?}, missing {only_r:?}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_trees_equal(env, within, robust_tree);
     wait_mirror_equals_remote(env);
 }

@@ -327,14 +327,22 @@ pub fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
 
 /// Waits until the mirror equals the remote.
 pub fn wait_mirror_equals_remote(env: &Env) {
+    wait_trees_equal(env, CONVERGE, tree);
+}
+
+/// Polls until `snap` of the mirror equals `snap` of the remote; after
+/// `within`, panics naming the paths that differ.
+pub fn wait_trees_equal(env: &Env, within: Duration, snap: fn(&Path) -> BTreeMap<String, String>) {
     let start = Instant::now();
     loop {
-        let (r, m) = (tree(env.remote()), tree(&env.mirror()));
+        let (r, m) = (snap(env.remote()), snap(&env.mirror()));
         if r == m {
             return;
         }
-        if start.elapsed() > CONVERGE {
-            assert_eq!(m, r, "mirror (left) never became equal to the remote (right)");
+        if start.elapsed() > within {
+            let only_m: Vec<_> = m.iter().filter(|(k, v)| r.get(*k) != Some(*v)).map(|(k, _)| k).collect();
+            let only_r: Vec<_> = r.iter().filter(|(k, v)| m.get(*k) != Some(*v)).map(|(k, _)| k).collect();
+            panic!("mirror never became equal to the remote: wrong/extra in mirror {only_m:?}, missing {only_r:?}");
         }
         std::thread::sleep(Duration::from_millis(50));
     }
