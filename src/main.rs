@@ -356,7 +356,7 @@ async fn reconcile_command(
         Err(e @ reconcile::ReconcileError::DeleteGuard { .. }) => return Err(Failure::new(EXIT_GUARD, e)),
         Err(reconcile::ReconcileError::Remote(e)) => {
             let code = match &e {
-                RemoteError::Status { code: russh_sftp::protocol::StatusCode::NoSuchFile, .. } => {
+                e if e.is_not_found() => {
                     return Err(Failure::new(
                         EXIT_CONFIG,
                         anyhow::anyhow!(

@@ -38,6 +38,37 @@ pub struct MirrorError {
     pub source: io::Error,
 }
 
+/// Empties the staging folder of what an interrupted run left, except
+/// resumable downloads (a `.part` with its `.resume` record, younger than
+/// [`RESUME_KEEP`]).
+fn clean_staging(staging: &Dir) -> io::Result<()> {
+    let names: Vec<String> = staging.entries()?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    let fresh = |name: &str| {
+        staging
+            .symlink_metadata(name)
+            .ok()
+            .filter(|m| m.is_file())
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.into_std().elapsed().ok())
+            .is_some_and(|age| age < RESUME_KEEP)
+    };
+    for name in &names {
+        let keep = if let Some(part) = name.strip_suffix(".resume") {
+            part.starts_with("r-") && names.iter().any(|n| n == part) && fresh(name)
+        } else {
+            name.starts_with("r-") && names.contains(&resume_name(name)) && fresh(&resume_name(name))
+        };
+        if !keep {
+            match staging.symlink_metadata(name) {
+                Ok(m) if m.is_dir() => staging.remove_dir_all(name)?,
+                Ok(_) => staging.remove_file(name)?,
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn err(op: &'static str, path: impl Into<String>) -> impl FnOnce(io::Error) -> MirrorError {
     let path = path.into();
     move |source| MirrorError { op, path, source }
@@ -82,12 +113,36 @@ impl LocalEntry {
     }
 }
 
-/// An open staging file; commit it with [`Mirror::commit`] or drop it (removed).
+/// An open staging file; commit it with [`Mirror::commit`] or drop it
+/// (removed, unless it is resumable: see [`Mirror::resumable_staging`]).
 pub struct Staging {
     name: String,
     file: Option<std::fs::File>,
     staging: Dir,
     committed: bool,
+    /// For a resumable download: its sidecar record and what it records.
+    resume: Option<ResumeRecord>,
+}
+
+/// The sidecar of a resumable staging file: which remote version it holds
+/// and how many leading bytes of it are known durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct ResumeRecord {
+    size: u64,
+    mtime: u64,
+}
+
+impl ResumeRecord {
+    fn encode(&self, durable: u64) -> String {
+        format!("{} {} {durable}\n", self.size, self.mtime)
+    }
+
+    /// `(record, durable bytes)` from a sidecar's text.
+    fn decode(text: &str) -> Option<(ResumeRecord, u64)> {
+        let mut it = text.split_ascii_whitespace().map(str::parse::<u64>);
+        let (size, mtime, durable) = (it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?);
+        (it.next().is_none() && durable <= size).then_some((ResumeRecord { size, mtime }, durable))
+    }
 }
 
 impl Staging {
@@ -105,15 +160,46 @@ impl Staging {
     pub fn put_back(&mut self, f: std::fs::File) {
         self.file = Some(f);
     }
+
+    /// Records that the first `durable` bytes are flushed to disk, so a
+    /// download interrupted by a crash resumes there. A no-op for a staging
+    /// file that is not resumable; a failed write only costs a longer resume.
+    pub fn recorder(&self) -> impl Fn(u64) + Send + Sync + 'static {
+        let target = self.resume.and_then(|r| Some((r, self.staging.try_clone().ok()?, resume_name(&self.name))));
+        move |durable| {
+            if let Some((r, dir, name)) = &target {
+                if let Err(e) = dir.write(name, r.encode(durable)) {
+                    tracing::debug!(error = %e, "could not record download progress");
+                }
+            }
+        }
+    }
 }
 
 impl Drop for Staging {
     fn drop(&mut self) {
-        if !self.committed {
+        if self.committed {
+            if self.resume.is_some() {
+                let _ = self.staging.remove_file(resume_name(&self.name));
+            }
+        } else if self.resume.is_none() || self.file.as_ref().is_some_and(|f| f.metadata().is_ok_and(|m| m.len() == 0))
+        {
+            // Nothing to resume from: leave nothing behind.
             let _ = self.staging.remove_file(&self.name);
+            if self.resume.is_some() {
+                let _ = self.staging.remove_file(resume_name(&self.name));
+            }
         }
     }
 }
+
+/// The sidecar of resumable staging file `name`.
+fn resume_name(name: &str) -> String {
+    format!("{name}.resume")
+}
+
+/// Resumable staging files are kept across restarts this long at most.
+const RESUME_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Group commit for renames and removals: a round fsyncs every directory
 /// touched before it started, once, so concurrent commits into the same
@@ -230,13 +316,57 @@ impl Mirror {
         }
         match root.symlink_metadata(STAGING) {
             _ if !writer => {}
-            Ok(m) if m.is_dir() => root.remove_dir_all(STAGING).map_err(err("clean", STAGING))?,
+            Ok(m) if m.is_dir() => {}
             Ok(_) => root.remove_file(STAGING).map_err(err("clean", STAGING))?,
             Err(_) => {}
         }
         root.create_dir_all(STAGING).map_err(err("create", STAGING))?;
         let staging = root.open_dir(STAGING).map_err(err("open", STAGING))?;
+        if writer {
+            clean_staging(&staging).map_err(err("clean", STAGING))?;
+        }
         Ok(Mirror { root, staging, path: path.to_owned(), group: GroupSync::default(), _lock: lock })
+    }
+
+    /// Free bytes for us in the mirror's file system.
+    ///
+    /// # Errors
+    /// When the file system cannot be asked.
+    pub fn free_space(&self) -> Result<u64, MirrorError> {
+        let st = rustix::fs::fstatvfs(&self.staging).map_err(|e| err("statvfs", STAGING)(e.into()))?;
+        Ok(st.f_bavail.saturating_mul(st.f_frsize))
+    }
+
+    /// The staging file for downloading `rel` (remote `size` bytes, `mtime`),
+    /// and how many leading bytes of it are already there and durable: an
+    /// earlier, interrupted download of the same remote version (same size and
+    /// mtime) resumes; another version starts from zero. Unlike
+    /// [`Mirror::staging_file`], it survives a failed attempt and a restart.
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn resumable_staging(&self, rel: &RemotePath, size: u64, mtime: u64) -> Result<(Staging, u64), MirrorError> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(rel.as_str().as_bytes());
+        let name = format!("r-{}.part", hex::encode(&digest[..16]));
+        let want = ResumeRecord { size, mtime };
+        let have = self.staging.read_to_string(resume_name(&name)).ok().and_then(|t| ResumeRecord::decode(&t));
+        let file = self
+            .staging
+            .open_with(&name, OpenOptions::new().read(true).write(true).create(true).truncate(false))
+            .map_err(err("create staging file", STAGING))?
+            .into_std();
+        let on_disk = file.metadata().map_err(err("stat staging file", STAGING))?.len();
+        let resume_from = match have {
+            Some((r, durable)) if r == want && durable <= on_disk => durable,
+            _ => 0,
+        };
+        if resume_from == 0 {
+            file.set_len(0).map_err(err("truncate staging file", STAGING))?;
+            self.staging.write(resume_name(&name), want.encode(0)).map_err(err("write", STAGING))?;
+        }
+        let staging = self.staging.try_clone().map_err(err("open", STAGING))?;
+        Ok((Staging { name, file: Some(file), staging, committed: false, resume: Some(want) }, resume_from))
     }
 
     /// Creates the mirror folder and its private `.sftp-mirror` folder.
@@ -390,6 +520,7 @@ impl Mirror {
                         file: Some(f.into_std()),
                         staging: self.staging.try_clone().map_err(err("open", STAGING))?,
                         committed: false,
+                        resume: None,
                     })
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,

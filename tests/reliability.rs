@@ -420,7 +420,8 @@ fn a_full_or_read_only_mirror_disk_keeps_events_pending_with_a_clear_error_then_
     assert_eq!(d.send(&event_json("full-1", "file.created", "big5.bin")).status, 204);
     let r = wait_failed_attempt(&cfg, "full-1");
     let err = r["last_error"].as_str().unwrap_or_default();
-    assert!(err.contains("No space left") && err.contains("big5.bin"), "unclear error: {r}");
+    // Refused before a byte is written: the declared size does not fit.
+    assert!(err.contains("not enough free space") && err.contains("big5.bin"), "unclear error: {r}");
     assert!(!env.mirror().join("big5.bin").exists(), "a partial file under the final name");
     check_quiet_between_attempts(&env, &cfg, "full-1");
     disk.remount("size=20m");

@@ -1,33 +1,39 @@
-//! Pipelined download of one remote file into a local file.
+//! Pipelined, resumable download of one remote file into a local file.
 //!
-//! We drive `RawSftpSession` READs ourselves instead of russh-sftp's `File`:
-//! many requests stay in flight (latency hidden), we ask exactly for the bytes
-//! the file has (a small file costs one READ, not a probe plus 16 reads past
-//! its end), and the timeout means "no reply at all for `sftp.timeout`", not
-//! "this queued request waited long" (russh-sftp starts each request's clock
-//! when it is queued, which fails deep pipelines on slow links). Should its
-//! backstop timeout still fire, the request is asked again with a smaller window.
+//! Many READs stay in flight (latency hidden) and stay *contiguous*: the read
+//! size is the server's own (`limits@openssh.com`, else learned from the first
+//! short reply on the connection), so a server that caps replies at 32 KiB is
+//! asked for 32 KiB pieces in order, which is what a gateway reading its
+//! backend sequentially serves fastest. Requests are made lazily from an
+//! offset, never a list sized from what the server declares; the bytes in
+//! flight are bounded by [`WINDOW_BYTES`]. Every request has the session's
+//! reply deadline; one that passes fails the transfer, which the caller
+//! resumes on a fresh connection from the contiguous prefix already written.
 
 use super::session::Conn;
 use super::{RemoteEntry, RemoteError};
 use futures::stream::{FuturesUnordered, StreamExt};
-use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::fs::FileExt;
 
-/// READ requests in flight per file at most.
-pub const MAX_IN_FLIGHT: usize = 64;
+/// Bytes of READ replies in flight per file at most.
+const WINDOW_BYTES: u64 = 16 << 20;
+/// READ requests in flight per file: at least this many…
+const MIN_IN_FLIGHT: u64 = 4;
+/// …and at most this many (small read sizes on a fast link).
+const MAX_IN_FLIGHT: u64 = 256;
 /// Bytes written between background flushes of a large download: the final
-/// durability flush then has little left to write, instead of a whole file.
+/// durability flush then has little left to write, and a download interrupted
+/// by a crash resumes from the last flushed prefix.
 const FLUSH_EVERY: u64 = 64 << 20;
-/// Timeouts in a row (without a successful READ between them) before giving up.
-const MAX_TIMEOUTS_IN_A_ROW: u32 = 8;
 
 /// How a download ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Downloaded {
-    /// Bytes written.
+    /// Bytes the local file holds now (resumed prefix included).
     pub bytes: u64,
+    /// Bytes read from the server by this call.
+    pub read: u64,
     /// `false` when the file ended before `size`: it changed under us.
     pub complete: bool,
     /// `lstat` of the path taken right after the last READ (sent together with
@@ -35,99 +41,138 @@ pub struct Downloaded {
     pub after: Option<RemoteEntry>,
 }
 
-/// Reads `size` bytes of remote `path` into `out` at the same offsets.
-///
-/// Writes go straight to the page cache with positioned writes; they are short
-/// and the caller fsyncs once at the end.
+/// Where a download stands, kept by the caller across attempts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Progress {
+    /// Every byte below this offset is written to the local file.
+    pub contiguous: u64,
+    /// Bytes read from the server so far, over all attempts.
+    pub read: u64,
+}
+
+/// Reads remote `path` (declared `size` bytes) into `out` at the same offsets,
+/// starting at `progress.contiguous` (bytes already staged). `durable(n)` is
+/// called when every byte below `n` is flushed to disk (to record where a
+/// crashed download can resume).
 ///
 /// # Errors
-/// A [`RemoteError`] on a server error, a lost connection, repeated timeouts,
-/// or a local write error (reported as a transport-neutral status).
-pub async fn download(conn: &Conn, path: &str, size: u64, out: &std::fs::File) -> Result<Downloaded, LocalOrRemote> {
-    if size == 0 {
+/// A [`RemoteError`] on a server error, a lost connection or a request past
+/// its deadline, or a local write error. `progress` says how far it got.
+pub async fn download(
+    conn: &Conn,
+    path: &str,
+    size: u64,
+    out: &std::fs::File,
+    progress: &mut Progress,
+    durable: &(dyn Fn(u64) + Sync),
+) -> Result<Downloaded, LocalOrRemote> {
+    let start_read = progress.read;
+    if progress.contiguous >= size {
         let after = conn.lstat(path).await?;
-        return Ok(Downloaded { bytes: 0, complete: true, after });
+        return Ok(Downloaded { bytes: size, read: 0, complete: true, after });
     }
     let sftp = &conn.sftp;
-    let handle = sftp
-        .open(path, OpenFlags::READ, FileAttributes::default())
-        .await
-        .map_err(|e| RemoteError::from_sftp(path, e))?
-        .handle;
-    let chunk = u64::from(conn.read_len.max(1));
-    let mut todo: VecDeque<(u64, u32)> =
-        (0..size.div_ceil(chunk)).map(|i| (i * chunk, (size - i * chunk).min(chunk) as u32)).collect();
-    let mut window = MAX_IN_FLIGHT;
-    let mut timeouts = 0;
-    let mut written = 0u64;
-    let mut eof_at: Option<u64> = None;
-    let mut in_flight = FuturesUnordered::new();
-    let mut flushed_at = 0u64;
-    let mut flushing: Option<tokio::task::JoinHandle<()>> = None;
-    let result = loop {
-        while in_flight.len() < window {
-            let Some((off, len)) = todo.pop_front() else {
-                break;
-            };
-            if eof_at.is_some_and(|e| off >= e) {
-                continue;
-            }
-            let h = handle.clone();
-            in_flight.push(async move { (off, len, sftp.read(h, off, len).await) });
-        }
-        let Some((off, len, r)) = in_flight.next().await else {
-            break Ok(());
-        };
-        match r {
-            Ok(data) if !data.data.is_empty() => {
-                timeouts = 0;
-                let n = data.data.len() as u64;
-                if let Err(e) = out.write_all_at(&data.data, off) {
-                    break Err(LocalOrRemote::Local(e));
-                }
-                written += n;
-                if written - flushed_at >= FLUSH_EVERY && flushing.as_ref().is_none_or(|h| h.is_finished()) {
-                    flushed_at = written;
-                    if let Ok(f) = out.try_clone() {
-                        // Errors surface in the final, awaited flush of the commit.
-                        flushing = Some(tokio::task::spawn_blocking(move || drop(f.sync_data())));
-                    }
-                }
-                if n < u64::from(len) {
-                    // A short read is legal SFTP: ask for the rest.
-                    todo.push_front((off + n, len - n as u32));
-                }
-            }
-            Ok(_) => eof_at = Some(eof_at.map_or(off, |e| e.min(off))),
-            Err(russh_sftp::client::error::Error::Status(s)) if s.status_code == StatusCode::Eof => {
-                eof_at = Some(eof_at.map_or(off, |e| e.min(off)));
-            }
-            Err(russh_sftp::client::error::Error::Timeout) => {
-                timeouts += 1;
-                if timeouts > MAX_TIMEOUTS_IN_A_ROW {
-                    break Err(RemoteError::Timeout { path: path.to_owned() }.into());
-                }
-                window = (window / 2).max(1);
-                tracing::debug!(path, window, "READ timed out; asking again with a smaller window");
-                todo.push_front((off, len));
-            }
-            Err(e) => break Err(RemoteError::from_sftp(path, e).into()),
-        }
-    };
-    drop(in_flight);
-    if let Some(h) = flushing {
-        let _ = h.await;
-    }
+    let handle = sftp.open_read(path.as_bytes()).await.map_err(|e| RemoteError::from_sftp(path, e))?;
+    let result = pump(conn, path, &handle, size, out, progress, durable).await;
     if let Err(e) = result {
         // Close errors do not matter for a read-only handle; don't wait on a dead link.
         if !matches!(&e, LocalOrRemote::Remote(r) if r.is_transport()) {
-            let _ = sftp.close(handle).await;
+            let _ = sftp.close(&handle).await;
         }
         return Err(e);
     }
+    let eof_at = result.ok().flatten();
     // CLOSE and the confirming LSTAT travel together: one round trip, not two.
-    let (_, after) = tokio::join!(sftp.close(handle), conn.lstat(path));
-    Ok(Downloaded { bytes: written, complete: eof_at.is_none(), after: after? })
+    let (_, after) = tokio::join!(sftp.close(&handle), conn.lstat(path));
+    Ok(Downloaded {
+        bytes: eof_at.unwrap_or(size).min(progress.contiguous),
+        read: progress.read - start_read,
+        complete: eof_at.is_none(),
+        after: after?,
+    })
+}
+
+/// The READ loop; returns the offset where the file ended early, if it did.
+async fn pump(
+    conn: &Conn,
+    path: &str,
+    handle: &[u8],
+    size: u64,
+    out: &std::fs::File,
+    progress: &mut Progress,
+    durable: &(dyn Fn(u64) + Sync),
+) -> Result<Option<u64>, LocalOrRemote> {
+    let sftp = &conn.sftp;
+    let mut next = progress.contiguous;
+    // Remainders of short replies, asked again before anything new.
+    let mut again: VecDeque<(u64, u32)> = VecDeque::new();
+    // Ranges written above the contiguous prefix (at most one per request in flight).
+    let mut done: BTreeMap<u64, u64> = BTreeMap::new();
+    let mut eof_at: Option<u64> = None;
+    let mut in_flight = FuturesUnordered::new();
+    let mut flushed_at = progress.contiguous;
+    let mut flushing: Option<(u64, tokio::task::JoinHandle<bool>)> = None;
+    loop {
+        let chunk = u64::from(conn.read_len());
+        let window = (WINDOW_BYTES / chunk).clamp(MIN_IN_FLIGHT, MAX_IN_FLIGHT) as usize;
+        // Until the connection knows its server's read size, one READ goes alone:
+        // its reply tells, and the pipeline behind it is then cut to fit.
+        let window = if conn.read_len_known() { window } else { 1 };
+        while in_flight.len() < window {
+            let (off, len) = if let Some(r) = again.pop_front() {
+                r
+            } else if next < size && eof_at.is_none_or(|e| next < e) {
+                let len = (size - next).min(chunk) as u32;
+                next += u64::from(len);
+                (next - u64::from(len), len)
+            } else {
+                break;
+            };
+            in_flight.push(async move { (off, len, sftp.read(handle, off, len).await) });
+        }
+        let Some((off, len, r)) = in_flight.next().await else {
+            break;
+        };
+        match r.map_err(|e| RemoteError::from_sftp(path, e))? {
+            Some(data) if !data.is_empty() => {
+                let n = data.len() as u64;
+                out.write_all_at(&data, off).map_err(LocalOrRemote::Local)?;
+                progress.read += n;
+                if n < u64::from(len) {
+                    // A short reply is legal SFTP. In the middle of the file it is
+                    // the server's cap: ask for the rest, and that size from now on.
+                    conn.learn_read_len(n as u32);
+                    again.push_back((off + n, len - n as u32));
+                } else {
+                    conn.confirm_read_len(len);
+                }
+                done.insert(off, off + n);
+                while let Some(end) = done.remove(&progress.contiguous) {
+                    progress.contiguous = end;
+                }
+            }
+            // End of file before `size`: the file shrank; the caller re-checks.
+            _ => eof_at = Some(eof_at.map_or(off, |e| e.min(off))),
+        }
+        if let Some((upto, h)) = flushing.take_if(|(_, h)| h.is_finished()) {
+            if h.await.unwrap_or(false) {
+                durable(upto);
+            }
+        }
+        if progress.contiguous - flushed_at >= FLUSH_EVERY && flushing.is_none() {
+            flushed_at = progress.contiguous;
+            if let Ok(f) = out.try_clone() {
+                // Errors surface in the final, awaited flush of the commit.
+                flushing = Some((flushed_at, tokio::task::spawn_blocking(move || f.sync_data().is_ok())));
+            }
+        }
+    }
+    if let Some((upto, h)) = flushing {
+        if h.await.unwrap_or(false) {
+            durable(upto);
+        }
+    }
+    Ok(eof_at)
 }
 
 /// A download failed on our side (disk) or the server's.

@@ -12,13 +12,15 @@
 
 mod fetch;
 mod session;
+pub mod sftp;
 mod walk;
 
-pub use fetch::{download, Downloaded, LocalOrRemote};
+pub use fetch::{download, Downloaded, LocalOrRemote, Progress};
 pub use session::{probe_host_key, verify_host_key, Conn, Remote};
-pub use walk::{list_dir, RemoteDirEntry};
+pub use sftp::StatusCode;
+pub use walk::{list_dir, RemoteDirEntry, MAX_DEPTH, MAX_DIR_ENTRIES};
 
-use russh_sftp::protocol::StatusCode;
+use sftp::{Attrs, FileKind, SftpError};
 
 /// A remote failure, classified so callers can branch.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -94,7 +96,7 @@ pub enum RemoteError {
         path: String,
     },
     /// The server answered with an error status.
-    #[error("{path}: {code:?}: {message}")]
+    #[error("{path}: {code}: {message}")]
     Status {
         /// Remote path.
         path: String,
@@ -102,6 +104,19 @@ pub enum RemoteError {
         code: StatusCode,
         /// The server's message.
         message: String,
+    },
+    /// The mirror's file system has less free space than the file declares.
+    #[error(
+        "{path}: not enough free space in the mirror for {size} bytes ({free} bytes free); \
+         free some space, the download is retried later"
+    )]
+    NoSpace {
+        /// Remote path.
+        path: String,
+        /// Bytes the server declared.
+        size: u64,
+        /// Bytes free to us.
+        free: u64,
     },
     /// The remote file changed while we downloaded it, several times in a row.
     #[error("{path}: file kept changing during download")]
@@ -128,17 +143,19 @@ impl RemoteError {
         matches!(self, RemoteError::Transport(_) | RemoteError::Timeout { .. })
     }
 
-    /// Maps a russh-sftp error for `path`.
-    pub(crate) fn from_sftp(path: &str, e: russh_sftp::client::error::Error) -> RemoteError {
-        use russh_sftp::client::error::Error as E;
+    /// Maps a client error for `path`. A server that breaks the protocol is
+    /// treated like a lost connection: it is dropped and reconnected.
+    pub(crate) fn from_sftp(path: &str, e: SftpError) -> RemoteError {
         match e {
-            E::Status(s) => {
-                RemoteError::Status { path: path.to_owned(), code: s.status_code, message: s.error_message }
-            }
-            E::Timeout => RemoteError::Timeout { path: path.to_owned() },
-            // A dead session only shows up as a string: "session closed", "sender dropped", I/O.
+            SftpError::Status { code, message } => RemoteError::Status { path: path.to_owned(), code, message },
+            SftpError::Timeout(_) => RemoteError::Timeout { path: path.to_owned() },
             other => RemoteError::Transport(format!("{path}: {other}")),
         }
+    }
+
+    /// Whether the remote says the path does not exist.
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, RemoteError::Status { code: StatusCode::NoSuchFile, .. })
     }
 }
 
@@ -165,14 +182,11 @@ pub struct RemoteEntry {
 }
 
 impl RemoteEntry {
-    pub(crate) fn from_attrs(a: &russh_sftp::protocol::FileAttributes) -> RemoteEntry {
-        let ft = a.file_type();
-        let kind = if ft.is_dir() {
-            RemoteKind::Dir
-        } else if ft.is_file() {
-            RemoteKind::File
-        } else {
-            RemoteKind::Other
+    pub(crate) fn from_attrs(a: &Attrs) -> RemoteEntry {
+        let kind = match a.kind() {
+            FileKind::File => RemoteKind::File,
+            FileKind::Dir => RemoteKind::Dir,
+            FileKind::Symlink | FileKind::Other => RemoteKind::Other,
         };
         RemoteEntry { kind, size: a.size.unwrap_or(0), mtime: u64::from(a.mtime.unwrap_or(0)) }
     }

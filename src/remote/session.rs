@@ -1,21 +1,23 @@
 //! SSH connections: connect with a deadline, verify the host key, log in, open
 //! the SFTP subsystem; a pool of slots that reconnect with backoff.
 
+use super::sftp::{SftpClient, StatusCode};
 use super::{RemoteEntry, RemoteError};
 use crate::config::{HostKeyPolicy, SftpAuth, SftpSettings};
 use russh::client::{self, Handle};
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
-use russh_sftp::client::rawsession::Limits;
-use russh_sftp::client::RawSftpSession;
-use russh_sftp::protocol::StatusCode;
 use std::borrow::Cow;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-/// Largest READ we ask for: OpenSSH serves up to 261,120 bytes, and russh-sftp's
-/// 256 KiB packet limit must hold the reply header too.
+/// Largest READ we ask for: OpenSSH serves up to 261,120 bytes (its 256 KiB
+/// packet limit must hold the reply header too); a server that serves less
+/// says so in `limits@openssh.com` or by its first short reply.
 pub(crate) const MAX_READ_LEN: u32 = 255 * 1024;
+/// Smallest read size we learn from a short reply: below it a short reply is
+/// taken as a one-off, not as the server's cap.
+pub(crate) const MIN_READ_LEN: u32 = 4 * 1024;
 /// SSH channel window: lets the server stream many pipelined READ replies
 /// without waiting for window adjustments (the 2 MiB default throttles them).
 const WINDOW_SIZE: u32 = 32 * 1024 * 1024;
@@ -23,8 +25,6 @@ const WINDOW_SIZE: u32 = 32 * 1024 * 1024;
 const CONNECT_BACKOFF: Duration = Duration::from_millis(250);
 /// Longest delay between connect attempts.
 const MAX_CONNECT_BACKOFF: Duration = Duration::from_secs(30);
-/// russh-sftp's own per-request timeout, as a multiple of `sftp.timeout`.
-const QUEUE_TIMEOUT_FACTOR: u32 = 10;
 /// Unanswered keepalives before russh declares the connection dead.
 const KEEPALIVE_MAX: usize = 3;
 
@@ -39,19 +39,53 @@ const CIPHERS: &[russh::cipher::Name] = &[
 
 /// One live SSH connection with its SFTP session.
 pub struct Conn {
-    pub(crate) sftp: RawSftpSession,
+    pub(crate) sftp: SftpClient,
     handle: Handle<Client>,
-    /// Bytes per READ request on this server.
-    pub(crate) read_len: u32,
-    /// `sftp.timeout`: how long we wait without any reply before calling the link dead.
-    pub(crate) timeout: Duration,
+    /// Bytes per READ request on this server: from `limits@openssh.com`, else
+    /// learned from the first short reply (see `fetch`).
+    pub(crate) read_len: AtomicU32,
+    /// Whether `read_len` is the server's real size (stated, or seen served).
+    read_len_known: AtomicBool,
     id: u64,
 }
 
 impl Conn {
     /// Whether the SSH connection is gone.
     pub fn is_closed(&self) -> bool {
-        self.handle.is_closed()
+        self.handle.is_closed() || self.sftp.is_closed()
+    }
+
+    /// The READ size to use now.
+    pub(crate) fn read_len(&self) -> u32 {
+        self.read_len.load(Ordering::Relaxed)
+    }
+
+    /// Whether the READ size is the server's (see `fetch`).
+    pub(crate) fn read_len_known(&self) -> bool {
+        self.read_len_known.load(Ordering::Relaxed)
+    }
+
+    /// Records that a READ of `len` was served in full.
+    pub(crate) fn confirm_read_len(&self, len: u32) {
+        if len >= self.read_len() {
+            self.read_len_known.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Records that the server served `n` bytes where more were asked and more
+    /// exist: its cap, to ask exactly that from now on (contiguous requests).
+    pub(crate) fn learn_read_len(&self, n: u32) {
+        self.read_len_known.store(true, Ordering::Relaxed);
+        if n >= MIN_READ_LEN {
+            let old = self.read_len.fetch_min(n, Ordering::Relaxed);
+            if n < old {
+                tracing::debug!(
+                    conn = self.id,
+                    read_len = n,
+                    "server serves shorter READs; asking for that from now on"
+                );
+            }
+        }
     }
 
     /// `lstat` of an absolute remote path; `None` when it does not exist.
@@ -59,11 +93,8 @@ impl Conn {
     /// # Errors
     /// A [`RemoteError`] for anything but "no such file".
     pub async fn lstat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
-        let r = tokio::time::timeout(self.timeout, self.sftp.lstat(path))
-            .await
-            .map_err(|_| RemoteError::Timeout { path: path.to_owned() })?;
-        match r {
-            Ok(a) => Ok(Some(RemoteEntry::from_attrs(&a.attrs))),
+        match self.sftp.lstat(path.as_bytes()).await {
+            Ok(a) => Ok(Some(RemoteEntry::from_attrs(&a))),
             Err(e) => match RemoteError::from_sftp(path, e) {
                 RemoteError::Status { code: StatusCode::NoSuchFile, .. } => Ok(None),
                 other => Err(other),
@@ -236,24 +267,18 @@ async fn open_conn(s: &SftpSettings, id: u64) -> Result<Conn, RemoteError> {
     let setup = async {
         let channel = handle.channel_open_session().await.map_err(transport)?;
         channel.request_subsystem(true, "sftp").await.map_err(transport)?;
-        // russh-sftp starts a request's clock when it is queued, so a deep read
-        // pipeline on a slow link would time out requests that are merely waiting
-        // their turn. Its clock is only a backstop here; `sftp.timeout` is enforced
-        // by us as "no reply at all for that long" (see `fetch`).
-        let cfg = russh_sftp::client::Config {
-            request_timeout_secs: (s.timeout * QUEUE_TIMEOUT_FACTOR).as_secs().max(1),
-            ..Default::default()
-        };
-        let mut sftp = RawSftpSession::new_with_config(channel.into_stream(), cfg);
-        let version = sftp.init().await.map_err(|e| RemoteError::from_sftp("(init)", e))?;
-        let mut read_len = MAX_READ_LEN;
-        if version.extensions.contains_key(russh_sftp::extensions::LIMITS) {
-            if let Ok(l) = sftp.limits().await {
-                let limits = Limits::from(l);
-                if let Some(r) = limits.read_len {
-                    read_len = read_len.min(u32::try_from(r).unwrap_or(u32::MAX));
+        let (sftp, version) = SftpClient::start(channel.into_stream(), s.timeout)
+            .await
+            .map_err(|e| RemoteError::from_sftp("(start of the SFTP session)", e))?;
+        let mut read_len = (MAX_READ_LEN, false);
+        if version.has("limits@openssh.com") {
+            match sftp.limits().await {
+                // 0 means "no limit stated"; a lying huge value is capped by MAX_READ_LEN.
+                Ok(l) if l.max_read > 0 => {
+                    read_len = (MAX_READ_LEN.min(u32::try_from(l.max_read).unwrap_or(u32::MAX)), true);
                 }
-                sftp.set_limits(limits);
+                Ok(_) => {}
+                Err(e) => tracing::debug!(error = %e, "limits@openssh.com failed; learning the read size instead"),
             }
         }
         Ok::<_, RemoteError>((sftp, read_len))
@@ -261,7 +286,14 @@ async fn open_conn(s: &SftpSettings, id: u64) -> Result<Conn, RemoteError> {
     let (sftp, read_len) = tokio::time::timeout(s.timeout, setup)
         .await
         .map_err(|_| RemoteError::Transport(format!("SFTP subsystem start timed out after {:?}", s.timeout)))??;
-    Ok(Conn { sftp, handle, read_len, timeout: s.timeout, id })
+    let (read_len, known) = read_len;
+    Ok(Conn {
+        sftp,
+        handle,
+        read_len: AtomicU32::new(read_len.max(MIN_READ_LEN)),
+        read_len_known: AtomicBool::new(known),
+        id,
+    })
 }
 
 /// Connects once with no trust and returns the key the server shows

@@ -1,52 +1,110 @@
-//! Directory listings, streamed batch by batch over `RawSftpSession`.
-//!
-//! russh-sftp's `read_dir` gathers a whole directory with a quadratic copy per
-//! batch and returns the batches reversed; we read batches ourselves, keep
-//! them in arrival order and never hold more than the listing itself.
+//! Directory listings, streamed batch by batch, bounded: a server that never
+//! ends a listing, repeats names or sends names no file system can hold
+//! cannot grow our memory or plant entries outside the directory.
 
 use super::session::Conn;
 use super::{RemoteEntry, RemoteError};
-use russh_sftp::protocol::StatusCode;
+
+/// Entries one directory may list at most; a listing past it fails (a server
+/// that never sends EOF would otherwise grow memory without end).
+pub const MAX_DIR_ENTRIES: usize = 100_000;
 
 /// One entry of a remote directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RemoteDirEntry {
-    /// File name (no `/`).
-    pub name: String,
+    /// File name exactly as the server sent it: not empty, not `.`/`..`, no `/` or NUL.
+    pub name: Vec<u8>,
     /// Its attributes as READDIR returned them (lstat-style on OpenSSH).
     pub entry: RemoteEntry,
 }
 
+/// Directory levels below the remote root that are mirrored at most: a server
+/// whose directory lists itself (or a loop of symlinks resolved server-side)
+/// would otherwise be walked until paths grow too long.
+pub const MAX_DEPTH: usize = 64;
+
+impl RemoteDirEntry {
+    /// The name as UTF-8, or `None` (with a warning) when it is not: the
+    /// mirror's paths are UTF-8 as the events' are.
+    pub fn utf8_name(&self, dir: &str) -> Option<&str> {
+        let name = std::str::from_utf8(&self.name);
+        if name.is_err() {
+            tracing::warn!(dir, name = %String::from_utf8_lossy(&self.name), "a remote name that is not UTF-8 is not mirrored");
+        }
+        name.ok()
+    }
+}
+
+/// Why a listed name cannot be a directory entry, if it cannot.
+fn bad_name(name: &[u8]) -> Option<&'static str> {
+    if name.is_empty() {
+        Some("an empty name")
+    } else if name.contains(&b'/') {
+        Some("a name holding '/'")
+    } else if name.contains(&0) {
+        Some("a name holding NUL")
+    } else {
+        None
+    }
+}
+
 /// Lists the directory at absolute remote `path` (without `.` and `..`).
+/// Entries no directory can hold (empty, `/`, NUL) and repeated names are
+/// skipped with a warning each.
 ///
 /// # Errors
-/// A [`RemoteError`]; `NoSuchFile` when the directory is gone.
+/// A [`RemoteError`]; `NoSuchFile` when the directory is gone; a status error
+/// when the listing exceeds [`MAX_DIR_ENTRIES`].
 pub async fn list_dir(conn: &Conn, path: &str) -> Result<Vec<RemoteDirEntry>, RemoteError> {
     let sftp = &conn.sftp;
-    let timeout = |_| RemoteError::Timeout { path: path.to_owned() };
-    let handle = tokio::time::timeout(conn.timeout, sftp.opendir(path))
-        .await
-        .map_err(timeout)?
-        .map_err(|e| RemoteError::from_sftp(path, e))?
-        .handle;
-    let mut out = Vec::new();
+    let handle = sftp.opendir(path.as_bytes()).await.map_err(|e| RemoteError::from_sftp(path, e))?;
+    let mut out: Vec<RemoteDirEntry> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
     let result = loop {
-        let Ok(batch) = tokio::time::timeout(conn.timeout, sftp.readdir(handle.clone())).await else {
-            break Err(RemoteError::Timeout { path: path.to_owned() });
-        };
-        match batch {
-            Ok(name) => out.extend(
-                name.files
-                    .into_iter()
-                    .filter(|f| f.filename != "." && f.filename != "..")
-                    .map(|f| RemoteDirEntry { entry: RemoteEntry::from_attrs(&f.attrs), name: f.filename }),
-            ),
-            Err(russh_sftp::client::error::Error::Status(s)) if s.status_code == StatusCode::Eof => break Ok(()),
+        match sftp.readdir(&handle).await {
+            Ok(Some(batch)) => {
+                for f in batch {
+                    if f.name == b"." || f.name == b".." {
+                        continue;
+                    }
+                    if let Some(why) = bad_name(&f.name) {
+                        tracing::warn!(dir = path, name = %String::from_utf8_lossy(&f.name).escape_debug(), "the server listed {why}; skipped");
+                        continue;
+                    }
+                    if !seen.insert(f.name.clone()) {
+                        tracing::warn!(dir = path, name = %String::from_utf8_lossy(&f.name).escape_debug(), "the server listed a name twice; the first one counts");
+                        continue;
+                    }
+                    out.push(RemoteDirEntry { entry: RemoteEntry::from_attrs(&f.attrs), name: f.name });
+                }
+                if out.len() > MAX_DIR_ENTRIES {
+                    break Err(RemoteError::Status {
+                        path: path.to_owned(),
+                        code: super::StatusCode::Failure,
+                        message: format!("the directory lists more than {MAX_DIR_ENTRIES} entries; not mirrored"),
+                    });
+                }
+            }
+            Ok(None) => break Ok(()),
             Err(e) => break Err(RemoteError::from_sftp(path, e)),
         }
     };
     if !matches!(&result, Err(e) if e.is_transport()) {
-        let _ = sftp.close(handle).await;
+        let _ = sftp.close(&handle).await;
     }
     result.map(|()| out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bad_name;
+
+    #[test]
+    fn names_no_directory_can_hold_are_refused() {
+        assert_eq!(bad_name(b""), Some("an empty name"));
+        assert_eq!(bad_name(b"a/b"), Some("a name holding '/'"));
+        assert_eq!(bad_name(b"a\0"), Some("a name holding NUL"));
+        assert_eq!(bad_name(b"caf\xe9"), None);
+        assert_eq!(bad_name(b"..."), None);
+    }
 }

@@ -5,7 +5,7 @@ use super::filter::Filter;
 use super::locks::PathLocks;
 use crate::event::RemotePath;
 use crate::mirror::{LocalKind, Mirror, MirrorError};
-use crate::remote::{download, LocalOrRemote, Remote, RemoteEntry, RemoteError, RemoteKind};
+use crate::remote::{download, LocalOrRemote, Progress, Remote, RemoteEntry, RemoteError, RemoteKind};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -161,25 +161,28 @@ impl Syncer {
         let remote = match remote {
             Ok(r) => r,
             // Gone meanwhile: the next event (or reconcile) sees that.
-            Err(RemoteError::Status { code: russh_sftp::protocol::StatusCode::NoSuchFile, .. }) => return Ok(()),
+            Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e.into()),
         };
         let (m, d) = (self.mirror.clone(), dir.clone());
         let local = blocking(move || if m.stat_dir(Some(&d))? { m.list_dir(Some(&d)) } else { Ok(Vec::new()) }).await?;
         let mut local: std::collections::HashMap<String, LocalKind> =
             local.into_iter().map(|(name, e)| (name, e.kind)).collect();
+        let deep_enough = dir.as_str().split('/').count() >= crate::remote::MAX_DEPTH;
         for r in remote {
-            local.remove(&r.name);
+            let Some(name) = r.utf8_name(dir.as_str()) else { continue };
+            local.remove(name);
             let is_dir = r.entry.kind == RemoteKind::Dir;
-            let Ok(child) = RemotePath::parse(&format!("{}/{}", dir.as_str(), r.name)).map(|p| p.with_dir(is_dir))
-            else {
+            let Ok(child) = RemotePath::parse(&format!("{}/{name}", dir.as_str())).map(|p| p.with_dir(is_dir)) else {
                 continue;
             };
             if !self.filter.allows(&child) {
                 continue;
             }
             self.apply_known(&child, Some(r.entry)).await?;
-            if is_dir {
+            if is_dir && deep_enough {
+                tracing::warn!(path = %child, "deeper than {} levels; its content is not mirrored", crate::remote::MAX_DEPTH);
+            } else if is_dir {
                 Box::pin(self.sync_subtree(&child)).await?;
             }
         }
@@ -269,19 +272,45 @@ impl Syncer {
         let rpath = self.remote.path_of(path.as_str());
         let _permit = self.transfers.acquire().await.map_err(|e| ApplyError::Internal(e.to_string()))?;
         let mut last_err = None;
+        let mut timeouts = 0;
+        let (m, p) = (self.mirror.clone(), path.clone());
+        let (mut staged, resumed) = blocking(move || m.resumable_staging(&p, entry.size, entry.mtime)).await?;
+        let mut progress = Progress { contiguous: resumed, read: 0 };
+        if resumed > 0 {
+            tracing::info!(path = %path, bytes = resumed, "resuming an interrupted download");
+        }
         for _ in 0..ATTEMPTS {
+            // The declared size is checked, never trusted: a server claiming 2^62
+            // bytes must not fill the disk (nor size any buffer: see `fetch`).
             let m = self.mirror.clone();
-            let mut staged = blocking(move || m.staging_file()).await?;
+            let free = blocking(move || m.free_space()).await?;
+            let need = entry.size - progress.contiguous.min(entry.size);
+            if need > free {
+                return Err(RemoteError::NoSpace { path: rpath, size: entry.size, free }.into());
+            }
             let file = staged.take_file();
-            let conn = self.remote.conn().await?;
-            let got = download(&conn, &rpath, entry.size, &file).await;
+            let recorder = staged.recorder();
+            let conn = self.remote.conn().await;
+            let got = match &conn {
+                Ok(c) => download(c, &rpath, entry.size, &file, &mut progress, &recorder).await,
+                Err(e) => Err(LocalOrRemote::Remote(e.clone())),
+            };
             staged.put_back(file);
+            let conn = conn?;
             match got {
                 Err(LocalOrRemote::Local(e)) => {
                     return Err(MirrorError { op: "write", path: path.to_string(), source: e }.into())
                 }
                 Err(LocalOrRemote::Remote(e)) if e.is_transport() => {
                     self.remote.invalidate(&conn).await;
+                    // `sftp.timeout` bounds a transfer: one reconnect after a stall, not more.
+                    if matches!(e, RemoteError::Timeout { .. }) {
+                        timeouts += 1;
+                        if timeouts > 1 {
+                            return Err(e.into());
+                        }
+                    }
+                    tracing::debug!(path = %path, bytes = progress.contiguous, error = %e, "download interrupted; resuming");
                     last_err = Some(e);
                     continue;
                 }
@@ -300,6 +329,10 @@ impl Syncer {
                         Some(n) if n.kind == RemoteKind::File => {
                             tracing::debug!(path = %path, "remote file changed during download; again");
                             entry = n;
+                            let (m, p) = (self.mirror.clone(), path.clone());
+                            drop(staged);
+                            (staged, _) = blocking(move || m.resumable_staging(&p, entry.size, entry.mtime)).await?;
+                            progress = Progress::default();
                             last_err = Some(RemoteError::Unstable { path: rpath.clone() });
                         }
                         // It became a directory or vanished: apply that instead.

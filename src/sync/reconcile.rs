@@ -18,7 +18,7 @@
 use super::apply::{Action, ApplyError, Syncer};
 use crate::event::RemotePath;
 use crate::mirror::{LocalEntry, LocalKind};
-use crate::remote::{list_dir, RemoteEntry, RemoteError, RemoteKind};
+use crate::remote::{list_dir, RemoteEntry, RemoteError, RemoteKind, MAX_DEPTH};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
 use std::collections::HashMap;
@@ -222,12 +222,14 @@ fn diff_dir(
     let mut plan = Plan::default();
     let mut descend = Vec::new();
     let mut local: HashMap<String, LocalEntry> = local.into_iter().collect();
+    let shown = dir.map_or("", |d| d.as_str());
     for r in remote {
-        let Some(path) = child(dir, &r.name, r.entry.kind == RemoteKind::Dir) else {
+        let Some(name) = r.utf8_name(shown) else { continue };
+        let Some(path) = child(dir, name, r.entry.kind == RemoteKind::Dir) else {
             // A name we cannot represent safely (e.g. ".sftp-mirror" at the root): not mirrored.
             continue;
         };
-        let here = local.remove(&r.name);
+        let here = local.remove(name);
         if !syncer.filter.allows(&path) {
             continue;
         }
@@ -255,7 +257,11 @@ fn diff_dir(
                     Some(l) if l.kind == LocalKind::Dir => plan.unchanged += 1,
                     other => plan.ops.push(Op::MakeDir { path: path.clone(), local: other.map(|l| l.kind) }),
                 }
-                descend.push(path);
+                if path.as_str().split('/').count() < MAX_DEPTH {
+                    descend.push(path);
+                } else {
+                    tracing::warn!(path = %path, "deeper than {MAX_DEPTH} levels; its content is not mirrored");
+                }
             }
             RemoteKind::Other => {}
         }
@@ -302,11 +308,7 @@ pub async fn plan(syncer: &Arc<Syncer>, opts: Options, progress: &dyn Progress) 
                 let remote = match remote {
                     Ok(r) => r,
                     // A subdirectory that vanished since its parent was listed: nothing to do.
-                    Err(RemoteError::Status { code: russh_sftp::protocol::StatusCode::NoSuchFile, .. })
-                        if dir.is_some() =>
-                    {
-                        Vec::new()
-                    }
+                    Err(e) if e.is_not_found() && dir.is_some() => Vec::new(),
                     Err(e) => return Err(ReconcileError::Remote(e)),
                 };
                 let d = dir.clone();
