@@ -10,6 +10,11 @@ command -v sftp >/dev/null 2>&1 || need+=(openssh-client)
 command -v ssh-keygen >/dev/null 2>&1 || need+=(openssh-client)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
+# The other SFTP servers of the interop suite (tests/interop_servers.rs).
+[ -x /usr/sbin/proftpd ] || need+=(proftpd-core)
+[ -f /usr/lib/proftpd/mod_sftp.so ] || need+=(proftpd-mod-crypto)
+command -v rclone >/dev/null 2>&1 || need+=(rclone)
+/usr/bin/python3 -c 'import asyncssh' >/dev/null 2>&1 || need+=(python3-asyncssh)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: the tests need ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

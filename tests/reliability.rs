@@ -25,20 +25,6 @@ fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-/// Incompressible bytes from a seed, fast enough in debug builds for hundreds of MiB.
-fn bytes_from(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Bytes currently written into staging files (their apparent sizes).
 fn staging_bytes(env: &Env) -> u64 {
     std::fs::read_dir(env.mirror().join(".sftp-mirror/staging"))

@@ -9,6 +9,7 @@ mod events;
 mod faults;
 mod hostile;
 mod interop;
+mod interop_servers;
 mod props;
 mod reconcile;
 mod reliability;

@@ -295,3 +295,17 @@ pub fn converge(env: &Env, within: Duration) {
     wait_trees_equal(env, within, robust_tree);
     wait_mirror_equals_remote(env);
 }
+
+/// Incompressible bytes from a seed, fast enough in debug builds for hundreds of MiB.
+pub fn bytes_from(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}

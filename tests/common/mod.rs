@@ -7,6 +7,7 @@ mod chaos;
 mod daemon;
 mod embedded;
 mod http;
+pub mod servers;
 mod sshd;
 
 pub use chaos::*;
