@@ -181,6 +181,40 @@ for scen in "${SCENARIOS[@]}"; do
   done
 done
 
+say "capped server: rclone serve sftp (Go pkg/sftp, 32 KiB READ replies) over the same data"
+mkdir -p "$W/data/capped"
+CAP_MB=$(( BIG_MB > 64 ? 64 : BIG_MB ))
+head -c $((CAP_MB << 20)) "$W/data/big/big.bin" > "$W/data/capped/big.bin"
+RPORT=$(free_port)
+rclone serve sftp "$W/data" --addr "127.0.0.1:$RPORT" --key "$W/host_key" --authorized-keys "$W/authorized_keys" \
+  --dir-cache-time 0s --config /dev/null >"$W/rclone-serve.log" 2>&1 &
+RPID=$!
+trap 'kill $(cat "$W/sshd.pid" 2>/dev/null) 2>/dev/null || true; kill $RPID 2>/dev/null || true; [ -n "${DPID:-}" ] && kill $DPID 2>/dev/null || true; [ -n "${HPID:-}" ] && kill $HPID 2>/dev/null || true' EXIT
+for _ in $(seq 50); do (exec 3<>/dev/tcp/127.0.0.1/$RPORT) 2>/dev/null && break; sleep 0.1; done
+echo "[127.0.0.1]:$RPORT $(cut -d' ' -f1,2 "$W/host_key.pub")" >> "$W/known_hosts"
+capped() { # tool dir out
+  case "$1" in
+    sftp-mirror) sed "s/^port = .*/port = $RPORT/" "$(config "/$2" "$3")" > "$W/cfg-capped.toml"
+                 "$BIN" --config "$W/cfg-capped.toml" -q reconcile --json >/dev/null ;;
+    openssh-sftp) mkdir -p "$3"; echo "get /$2/big.bin $3/big.bin" > "$W/batch-capped"
+                  sftp -q $SSHOPTS -P "$RPORT" -b "$W/batch-capped" root@127.0.0.1 >/dev/null ;;
+  esac
+}
+for scen in capped-64 capped-big; do
+  dir=$([ $scen = capped-64 ] && echo capped || echo big)
+  for r in $(seq "$RUNS"); do
+    for t in sftp-mirror openssh-sftp; do
+      say "$scen run $r: $t"
+      out="$W/out/$t-$scen-$r"
+      /usr/bin/time -f "%e %U %S %M" -o "$W/t" bash -c "$(declare -f capped config); BIN=$BIN W=$W PORT=$PORT RPORT=$RPORT SSHOPTS='$SSHOPTS'; capped $t $dir $out"
+      printf '%s\t%s\t%s\n' "$scen" "$t" "$(cat "$W/t")" >> "$W/times.tsv"
+      cmp -s "$W/data/$dir/big.bin" "$out/big.bin" || say "WARNING: $t's copy of $scen differs from the source"
+      rm -rf "$out"
+    done
+  done
+done
+kill $RPID 2>/dev/null || true
+
 say "event-to-disk latency on an idle daemon, then intake (every event fsync-journaled before its 204)"
 IPORT=$(free_port)
 mkdir -p "$W/intake-remote/bench"
@@ -228,8 +262,8 @@ lines = [f"# sftp-mirror benchmark ({scale})", "",
          "- command: `" + (f"BENCH_LARGE={os.environ['BENCH_LARGE']} " if os.environ.get("BENCH_LARGE") else "") + "bash bench/run.sh`" + (" (BENCH_SCALE=smoke)" if scale == "smoke" else ""), "",
          "| scenario | tool | wall s, median (min-max) | CPU s | peak RSS MiB | speed vs best peer |",
          "|---|---|---|---|---|---|"]
-names = {"big": "1 file", "small-fresh": "small files, fresh", "small-noop": "small files, nothing changed", "medium": "1 MiB files, fresh", "large-noop": f"{os.environ.get('BENCH_LARGE', '?')} files, nothing changed"}
-for scen in ["big", "small-fresh", "small-noop", "medium", "large-noop"]:
+names = {"capped-64": "64 MiB file from rclone serve sftp (32 KiB replies)", "capped-big": "big file from rclone serve sftp (32 KiB replies)", "big": "1 file", "small-fresh": "small files, fresh", "small-noop": "small files, nothing changed", "medium": "1 MiB files, fresh", "large-noop": f"{os.environ.get('BENCH_LARGE', '?')} files, nothing changed"}
+for scen in ["big", "small-fresh", "small-noop", "medium", "large-noop", "capped-64", "capped-big"]:
     tools = rows.get(scen, {})
     med = {t: statistics.median(x[0] for x in v) for t, v in tools.items()}
     peers = {t: m for t, m in med.items() if t != "sftp-mirror"}

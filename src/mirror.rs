@@ -193,6 +193,13 @@ impl Drop for Staging {
     }
 }
 
+/// The resumable staging file of `rel`: one per path, so a retry finds it.
+fn partial_name(rel: &RemotePath) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(rel.as_str().as_bytes());
+    format!("r-{}.part", hex::encode(&digest[..16]))
+}
+
 /// The sidecar of resumable staging file `name`.
 fn resume_name(name: &str) -> String {
     format!("{name}.resume")
@@ -346,9 +353,7 @@ impl Mirror {
     /// # Errors
     /// On an I/O error.
     pub fn resumable_staging(&self, rel: &RemotePath, size: u64, mtime: u64) -> Result<(Staging, u64), MirrorError> {
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(rel.as_str().as_bytes());
-        let name = format!("r-{}.part", hex::encode(&digest[..16]));
+        let name = partial_name(rel);
         let want = ResumeRecord { size, mtime };
         let have = self.staging.read_to_string(resume_name(&name)).ok().and_then(|t| ResumeRecord::decode(&t));
         let file = self
@@ -367,6 +372,14 @@ impl Mirror {
         }
         let staging = self.staging.try_clone().map_err(err("open", STAGING))?;
         Ok((Staging { name, file: Some(file), staging, committed: false, resume: Some(want) }, resume_from))
+    }
+
+    /// Drops an interrupted download of `rel`, if there is one: the remote has
+    /// no file there now, so it can never resume.
+    pub fn forget_partial(&self, rel: &RemotePath) {
+        let name = partial_name(rel);
+        let _ = self.staging.remove_file(resume_name(&name));
+        let _ = self.staging.remove_file(&name);
     }
 
     /// Creates the mirror folder and its private `.sftp-mirror` folder.

@@ -10,6 +10,7 @@ mod faults;
 mod hostile;
 mod interop;
 mod interop_servers;
+mod lying_server;
 mod props;
 mod reconcile;
 mod reliability;

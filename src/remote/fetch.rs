@@ -128,7 +128,8 @@ async fn pump(
             } else {
                 break;
             };
-            in_flight.push(async move { (off, len, sftp.read(handle, off, len).await) });
+            let reply = sftp.read(handle, off, len);
+            in_flight.push(async move { (off, len, reply.await) });
         }
         let Some((off, len, r)) = in_flight.next().await else {
             break;
@@ -140,9 +141,16 @@ async fn pump(
                 progress.read += n;
                 if n < u64::from(len) {
                     // A short reply is legal SFTP. In the middle of the file it is
-                    // the server's cap: ask for the rest, and that size from now on.
+                    // the server's cap: ask that size from now on, and for the rest
+                    // in order: by moving the next offset back when this was the
+                    // last request made (the probe READ always is), else asking
+                    // for the remainder first.
                     conn.learn_read_len(n as u32);
-                    again.push_back((off + n, len - n as u32));
+                    if off + u64::from(len) == next {
+                        next = off + n;
+                    } else {
+                        again.push_back((off + n, len - n as u32));
+                    }
                 } else {
                     conn.confirm_read_len(len);
                 }

@@ -236,6 +236,12 @@ impl Syncer {
             Some(_) => Ok(Action::Skipped("remote entry is neither a file nor a directory")),
             None => self.remove(path).await,
         }
+        .inspect(|_| {
+            if remote.is_none_or(|e| e.kind != RemoteKind::File) {
+                // No file there now: an interrupted download of it can never resume.
+                self.mirror.forget_partial(&path.with_dir(false));
+            }
+        })
     }
 
     /// Removes `path` locally; the caller has seen the remote confirm it is gone.

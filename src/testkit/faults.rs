@@ -36,6 +36,27 @@ struct State {
     delay: Duration,
     failures: Vec<FailRule>,
     short_read: Option<u32>,
+    lies: Lies,
+    /// File bytes served by READs, all connections together.
+    served: u64,
+    /// READs at an offset below one already asked on the same handle: the
+    /// client re-asked for the remainder of a short reply out of order.
+    rereads: u64,
+}
+
+/// What a lying server says (see [`Faults::lie`]).
+#[derive(Clone, Debug, Default)]
+pub struct Lies {
+    /// Extra entries every listing of a directory whose path contains the key
+    /// shows, as directories: `""`, `"a/b"`, the directory's own name …
+    pub extra_dir_entries: Vec<(String, Vec<String>)>,
+    /// Sizes reported for files whose path contains the key (stat and listings).
+    pub sizes: Vec<(String, u64)>,
+    /// Listings of directories whose path contains one of these never end:
+    /// every READDIR returns another batch of made-up files.
+    pub endless_listings: Vec<String>,
+    /// READs are never answered.
+    pub stall_reads: bool,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -110,6 +131,11 @@ impl Faults {
         self.state().short_read = max.map(|m| m.max(1));
     }
 
+    /// Makes the server lie as `lies` says (replacing earlier lies).
+    pub fn lie(&self, lies: Lies) {
+        self.state().lies = lies;
+    }
+
     /// Disarm every fault.
     pub fn clear(&self) {
         let mut st = self.state();
@@ -117,6 +143,29 @@ impl Faults {
         st.delay = Duration::ZERO;
         st.failures.clear();
         st.short_read = None;
+        st.lies = Lies::default();
+    }
+
+    /// File bytes served by READs so far, all connections together.
+    pub fn bytes_served(&self) -> u64 {
+        self.state().served
+    }
+
+    /// READs that asked below an offset already asked on the same handle
+    /// (scattered requests: what a sequential backend serves slowest).
+    pub fn out_of_order_reads(&self) -> u64 {
+        self.state().rereads
+    }
+
+    pub(crate) fn record_read(&self, served: u64, out_of_order: bool) {
+        let mut st = self.state();
+        st.served += served;
+        st.rereads += u64::from(out_of_order);
+    }
+
+    /// The lies in force.
+    pub(crate) fn lies(&self) -> Lies {
+        self.state().lies.clone()
     }
 
     /// How long to wait before replying to the current request.

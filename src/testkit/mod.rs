@@ -28,7 +28,7 @@ mod faults;
 mod server;
 mod sftp;
 
-pub use faults::{Faults, Op};
+pub use faults::{Faults, Lies, Op};
 pub use server::{ServerOptions, TestServer};
 pub use sftp::{serve_stream, MAX_HANDLES, MAX_READ_LEN, READDIR_BATCH};
 

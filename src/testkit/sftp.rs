@@ -51,6 +51,8 @@ enum OpenHandle {
     File {
         file: Arc<fs::File>,
         vpath: String,
+        /// The highest offset asked so far (for [`Faults::out_of_order_reads`]).
+        asked: u64,
     },
     Dir {
         vpath: String,
@@ -157,6 +159,22 @@ impl SftpHandler {
     }
 }
 
+impl SftpHandler {
+    fn lie_about(&self, vpath: &str, attrs: FileAttributes) -> FileAttributes {
+        lie_size(&self.faults.lies(), vpath, attrs)
+    }
+}
+
+/// The size a lying server reports for `vpath`, if it lies about it.
+fn lie_size(lies: &super::faults::Lies, vpath: &str, mut attrs: FileAttributes) -> FileAttributes {
+    if attrs.file_type().is_file() {
+        if let Some((_, size)) = lies.sizes.iter().find(|(n, _)| vpath.contains(n.as_str())) {
+            attrs.size = Some(*size);
+        }
+    }
+    attrs
+}
+
 impl russh_sftp::server::Handler for SftpHandler {
     type Error = StatusReply;
 
@@ -183,7 +201,7 @@ impl russh_sftp::server::Handler for SftpHandler {
         self.check(Op::Stat, &vpath)?;
         let local = self.resolve_follow(&vpath).await?;
         let md = blocking(move || fs::metadata(local)).await?;
-        Ok(Attrs { id, attrs: attrs_of(&md) })
+        Ok(Attrs { id, attrs: self.lie_about(&vpath, attrs_of(&md)) })
     }
 
     async fn lstat(&mut self, id: u32, path: String) -> Reply<Attrs> {
@@ -192,7 +210,7 @@ impl russh_sftp::server::Handler for SftpHandler {
         self.check(Op::Stat, &vpath)?;
         let local = self.resolve_nofollow(&vpath).await?;
         let md = blocking(move || fs::symlink_metadata(local)).await?;
-        Ok(Attrs { id, attrs: attrs_of(&md) })
+        Ok(Attrs { id, attrs: self.lie_about(&vpath, attrs_of(&md)) })
     }
 
     async fn fstat(&mut self, id: u32, handle: String) -> Reply<Attrs> {
@@ -223,15 +241,21 @@ impl russh_sftp::server::Handler for SftpHandler {
         }
         let local = self.resolve_follow(&vpath).await?;
         let file = blocking(move || fs::File::open(local)).await?;
-        let handle = self.insert_handle(OpenHandle::File { file: Arc::new(file), vpath })?;
+        let handle = self.insert_handle(OpenHandle::File { file: Arc::new(file), vpath, asked: 0 })?;
         Ok(Handle { id, handle })
     }
 
     async fn read(&mut self, id: u32, handle: String, offset: u64, len: u32) -> Reply<Data> {
         self.delay().await;
-        let OpenHandle::File { file, .. } = self.handle(&handle)? else {
+        if self.faults.lies().stall_reads {
+            // Never answered (the session ends with the connection).
+            std::future::pending::<()>().await;
+        }
+        let Some(OpenHandle::File { file, asked, .. }) = self.handles.get_mut(&handle) else {
             return Err(StatusCode::Failure.with_message("not a file handle"));
         };
+        let out_of_order = offset < *asked;
+        *asked = (*asked).max(offset);
         let file = file.clone();
 
         let mut want = u64::from(len.min(MAX_READ_LEN));
@@ -259,6 +283,7 @@ impl russh_sftp::server::Handler for SftpHandler {
             return Err(StatusCode::Eof.into());
         }
         self.conn.counter.add(data.len() as u64);
+        self.faults.record_read(data.len() as u64, out_of_order);
         Ok(Data { id, data })
     }
 
@@ -289,6 +314,26 @@ impl russh_sftp::server::Handler for SftpHandler {
         self.delay().await;
         let vpath = self.handle(&handle)?.vpath().to_owned();
         self.check(Op::Readdir, &vpath)?;
+        let lies = self.faults.lies();
+        if lies.endless_listings.iter().any(|n| vpath.contains(n.as_str())) {
+            self.next_handle += 1;
+            let md = blocking({
+                let root = self.root.clone();
+                move || fs::metadata(&*root)
+            })
+            .await?;
+            let mut file_attrs = attrs_of(&md);
+            file_attrs.permissions = Some(0o100644);
+            let n = self.next_handle;
+            let files = (0..READDIR_BATCH)
+                .map(|i| File {
+                    filename: format!("endless-{n}-{i}-{}", "x".repeat(64)),
+                    longname: String::new(),
+                    attrs: file_attrs.clone(),
+                })
+                .collect();
+            return Ok(Name { id, files });
+        }
         let root = self.root.clone();
         let Some(OpenHandle::Dir { local, iter, dots_sent, done, .. }) = self.handles.get_mut(&handle) else {
             return Err(StatusCode::Failure.with_message("not a directory handle"));
@@ -342,6 +387,24 @@ impl russh_sftp::server::Handler for SftpHandler {
                 return Err(e);
             }
         };
+        let mut files = files;
+        if want_dots {
+            // Made-up entries go out with the first batch.
+            let dir_attrs = files.first().map(|f| f.attrs.clone()).unwrap_or_default();
+            for (needle, names) in &lies.extra_dir_entries {
+                if vpath.contains(needle.as_str()) {
+                    files.extend(names.iter().map(|n| File {
+                        filename: n.clone(),
+                        longname: String::new(),
+                        attrs: dir_attrs.clone(),
+                    }));
+                }
+            }
+        }
+        for f in &mut files {
+            let child = format!("{}/{}", vpath.trim_end_matches('/'), f.filename);
+            f.attrs = lie_size(&lies, &child, f.attrs.clone());
+        }
         *iter = Some(it);
         *dots_sent = true;
         *done = exhausted;

@@ -43,6 +43,26 @@ impl Embedded {
         Arc::new(sftp_mirror::daemon::syncer(&self.settings).unwrap())
     }
 
+    /// A config file for the `sftp-mirror` binary against this server.
+    pub fn config_file(&self, timeout: &str) -> PathBuf {
+        let state = self.dir.path().join("state");
+        let text = format!(
+            "[sftp]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"tester\"\nprivate_key = {key:?}\n\
+             known_hosts = {kh:?}\nremote_root = \"/\"\ntimeout = {timeout:?}\n\n[mirror]\npath = {mirror:?}\n\n\
+             [webhook]\nlisten = \"127.0.0.1:0\"\nsecret = {secret:?}\n\n[admin]\nlisten = \"off\"\n\n\
+             [journal]\npath = {journal:?}\n\n[reconcile]\non_start = false\ninterval = \"0s\"\n",
+            port = self.server.addr().port(),
+            key = state.join("id_ed25519"),
+            kh = state.join("known_hosts"),
+            mirror = self.mirror(),
+            secret = super::SECRET,
+            journal = state.join("journal.db"),
+        );
+        let path = self.dir.path().join(format!("config-{}.toml", fastrand::u32(..)));
+        std::fs::write(&path, text).unwrap();
+        path
+    }
+
     pub fn put(&self, rel: &str, data: &[u8]) {
         let p = self.remote().join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();

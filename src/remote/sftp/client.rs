@@ -18,13 +18,11 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// Frames queued for the writer at most; a sender past this waits (inside its deadline).
-const WRITE_QUEUE: usize = 1024;
 /// The writer coalesces queued frames into one write up to this size.
 const WRITE_BATCH: usize = 64 * 1024;
 /// A request that sees other replies arrive keeps waiting (a deep pipeline on
 /// a slow link), but never longer than this many timeouts in all.
-const MAX_WAIT_FACTOR: u32 = 4;
+const MAX_WAIT_FACTOR: u32 = 10;
 
 /// Why a request failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -105,7 +103,7 @@ impl Drop for Tasks {
 /// An SFTP v3 session over one stream. Methods take `&self`: share it behind an
 /// `Arc` and keep as many requests in flight as wanted.
 pub struct SftpClient {
-    out: mpsc::Sender<Vec<u8>>,
+    out: mpsc::UnboundedSender<Vec<u8>>,
     shared: Arc<Shared>,
     timeout: Duration,
     _tasks: Tasks,
@@ -151,7 +149,7 @@ impl SftpClient {
             last_rx: AtomicU64::new(0),
             epoch: Instant::now(),
         });
-        let (out, mut queue) = mpsc::channel::<Vec<u8>>(WRITE_QUEUE);
+        let (out, mut queue) = mpsc::unbounded_channel::<Vec<u8>>();
         let reader = {
             let shared = shared.clone();
             tokio::spawn(async move {
@@ -208,11 +206,21 @@ impl SftpClient {
         self.shared.closed.lock().expect("not poisoned").is_some()
     }
 
-    /// Sends `req` and waits for its reply. The deadline: no reply to it within
-    /// the timeout *and* no other frame from the server in that time either (a
-    /// deep pipeline on a slow link keeps its requests alive while replies
-    /// flow), and at most [`MAX_WAIT_FACTOR`] timeouts in all.
+    /// Sends `req` and waits for its reply (see [`SftpClient::send`]).
     async fn call(&self, req: Request<'_>) -> Result<Reply, SftpError> {
+        self.send(req)?.await
+    }
+
+    /// Queues `req` now, in call order (pipelined requests reach the server in
+    /// the order they were made), and returns the wait for its reply. The
+    /// deadline: no reply to it within the timeout *and* no other frame from
+    /// the server in that time either (a deep pipeline on a slow link keeps
+    /// its requests alive while replies flow), and at most
+    /// [`MAX_WAIT_FACTOR`] timeouts in all.
+    fn send(
+        &self,
+        req: Request<'_>,
+    ) -> Result<impl std::future::Future<Output = Result<Reply, SftpError>> + '_, SftpError> {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = oneshot::channel();
         {
@@ -222,31 +230,31 @@ impl SftpClient {
             };
             p.insert(id, tx);
         }
-        // Whatever way this future ends, its slot must not stay behind.
-        let _slot = Slot { shared: &self.shared, id };
+        // Whatever way the wait ends, its slot must not stay behind.
+        let slot = Slot { shared: &self.shared, id };
         let mut frame = Vec::with_capacity(64);
         codec::encode(id, &req, &mut frame);
+        // Unbounded, but never long: every caller bounds what it has in flight.
+        self.out.send(frame).map_err(|_| SftpError::Closed(self.shared.closed_reason()))?;
         let started = tokio::time::Instant::now();
-        let hard = started + self.timeout * MAX_WAIT_FACTOR;
-        let mut deadline = started + self.timeout;
-        let send = self.out.send(frame);
-        tokio::select! {
-            r = send => r.map_err(|_| SftpError::Closed(self.shared.closed_reason()))?,
-            () = tokio::time::sleep_until(deadline) => return Err(SftpError::Timeout(self.timeout)),
-        }
-        loop {
-            tokio::select! {
-                r = &mut rx => return r.map_err(|_| SftpError::Closed(self.shared.closed_reason())),
-                () = tokio::time::sleep_until(deadline) => {
-                    let quiet = self.shared.since_rx();
-                    let now = tokio::time::Instant::now();
-                    if quiet >= self.timeout || now >= hard {
-                        return Err(SftpError::Timeout(self.timeout));
+        Ok(async move {
+            let _slot = slot;
+            let hard = started + self.timeout * MAX_WAIT_FACTOR;
+            let mut deadline = started + self.timeout;
+            loop {
+                tokio::select! {
+                    r = &mut rx => return r.map_err(|_| SftpError::Closed(self.shared.closed_reason())),
+                    () = tokio::time::sleep_until(deadline) => {
+                        let quiet = self.shared.since_rx();
+                        let now = tokio::time::Instant::now();
+                        if quiet >= self.timeout || now >= hard {
+                            return Err(SftpError::Timeout(self.timeout));
+                        }
+                        deadline = (now + (self.timeout - quiet)).min(hard);
                     }
-                    deadline = (now + (self.timeout - quiet)).min(hard);
                 }
             }
-        }
+        })
     }
 
     async fn expect_ok(&self, what: &str, req: Request<'_>) -> Result<(), SftpError> {
@@ -322,19 +330,26 @@ impl SftpClient {
     }
 
     /// `READ`: `None` at end of file. The data may be shorter than `len`, and
-    /// is never longer (a longer reply is a protocol error).
-    ///
-    /// # Errors
-    /// [`SftpError`].
-    pub async fn read(&self, handle: &[u8], offset: u64, len: u32) -> Result<Option<Bytes>, SftpError> {
-        match self.call(Request::Read { handle, offset, len }).await? {
-            Reply::Data(d) if d.len() > len as usize => {
-                Err(SftpError::Protocol(format!("{} bytes in reply to a READ of {len}", d.len())))
+    /// is never longer (a longer reply is a protocol error). The request is
+    /// sent when this is called, not when the future is first polled, so
+    /// READs made one after another reach the server in that order.
+    pub fn read(
+        &self,
+        handle: &[u8],
+        offset: u64,
+        len: u32,
+    ) -> impl std::future::Future<Output = Result<Option<Bytes>, SftpError>> + '_ {
+        let sent = self.send(Request::Read { handle, offset, len });
+        async move {
+            match sent?.await? {
+                Reply::Data(d) if d.len() > len as usize => {
+                    Err(SftpError::Protocol(format!("{} bytes in reply to a READ of {len}", d.len())))
+                }
+                Reply::Data(d) => Ok(Some(d)),
+                Reply::Status { code: StatusCode::Eof, .. } => Ok(None),
+                Reply::Status { code, message } => Err(SftpError::Status { code, message }),
+                other => Err(SftpError::unexpected("READ", &other)),
             }
-            Reply::Data(d) => Ok(Some(d)),
-            Reply::Status { code: StatusCode::Eof, .. } => Ok(None),
-            Reply::Status { code, message } => Err(SftpError::Status { code, message }),
-            other => Err(SftpError::unexpected("READ", &other)),
         }
     }
 
