@@ -5,6 +5,7 @@
 #   bash bench/run.sh                    # full run, writes bench/RESULTS.md
 #   BENCH_SCALE=smoke bash bench/run.sh  # tiny data, one run (CI), writes to the work dir
 #   BENCH_LARGE=100000 bash bench/run.sh # adds a no-op pass over a tree of that many files
+#   BENCH_ONLY="big capped-64 capped-big" bash bench/run.sh  # only these transfer scenarios
 #
 # Needs root on a fresh Debian to install the peers (apt-get). Loopback only.
 set -euo pipefail
@@ -19,6 +20,7 @@ LARGE_N=${BENCH_LARGE:-0}
 W=$(mktemp -d /tmp/sftp-mirror-bench.XXXXXX)
 OUT=${BENCH_OUT:-$([ "$SCALE" = smoke ] && echo "$W/RESULTS.md" || echo "$ROOT/bench/RESULTS.md")}
 say() { printf '==> %s\n' "$*" >&2; }
+want() { [ -z "${BENCH_ONLY:-}" ] || [[ " $BENCH_ONLY " == *" $1 "* ]]; }
 
 need=()
 for c in rclone lftp wrk python3; do command -v "$c" >/dev/null 2>&1 || need+=("$c"); done
@@ -156,6 +158,7 @@ measure() { # scenario tool src kind out
 SCENARIOS=(big small-fresh small-noop medium)
 if [ "$LARGE_N" -gt 0 ]; then SCENARIOS+=(large-noop); fi
 for scen in "${SCENARIOS[@]}"; do
+  want "$scen" || continue
   tools=("${TOOLS[@]}")
   case $scen in
     big) src=$W/data/big kind=file fresh=1 ;;
@@ -201,6 +204,7 @@ capped() { # tool dir out
   esac
 }
 for scen in capped-64 capped-big; do
+  want "$scen" || continue
   dir=$([ $scen = capped-64 ] && echo capped || echo big)
   for r in $(seq "$RUNS"); do
     for t in sftp-mirror openssh-sftp; do

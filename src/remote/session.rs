@@ -460,12 +460,6 @@ impl Remote {
         }
     }
 
-    /// Clears the connect backoff so the next call tries at once (used by `check`
-    /// and after the operator fixed something).
-    pub fn reset_backoff(&self) {
-        *self.inner.backoff.lock().expect("not poisoned") = Backoff::default();
-    }
-
     /// `lstat` of a mirror-relative path (`""` is the remote root), reconnecting
     /// once after a transport error.
     ///
