@@ -289,22 +289,6 @@ impl SftpClient {
         self.attrs("LSTAT", Request::Lstat(path)).await
     }
 
-    /// `STAT` (follows symlinks).
-    ///
-    /// # Errors
-    /// [`SftpError`].
-    pub async fn stat(&self, path: &[u8]) -> Result<Attrs, SftpError> {
-        self.attrs("STAT", Request::Stat(path)).await
-    }
-
-    /// `FSTAT`.
-    ///
-    /// # Errors
-    /// [`SftpError`].
-    pub async fn fstat(&self, handle: &[u8]) -> Result<Attrs, SftpError> {
-        self.attrs("FSTAT", Request::Fstat(handle)).await
-    }
-
     /// `OPEN` for reading; returns the handle.
     ///
     /// # Errors
@@ -363,18 +347,6 @@ impl SftpClient {
             Reply::Status { code: StatusCode::Eof, .. } => Ok(None),
             Reply::Status { code, message } => Err(SftpError::Status { code, message }),
             other => Err(SftpError::unexpected("READDIR", &other)),
-        }
-    }
-
-    /// `REALPATH`: the server's canonical form of `path`.
-    ///
-    /// # Errors
-    /// [`SftpError`].
-    pub async fn realpath(&self, path: &[u8]) -> Result<Vec<u8>, SftpError> {
-        match self.call(Request::Realpath(path)).await? {
-            Reply::Name(mut n) if n.len() == 1 => Ok(n.remove(0).name),
-            Reply::Status { code, message } => Err(SftpError::Status { code, message }),
-            other => Err(SftpError::unexpected("REALPATH", &other)),
         }
     }
 

@@ -21,11 +21,8 @@ mod fxp {
     pub const CLOSE: u8 = 4;
     pub const READ: u8 = 5;
     pub const LSTAT: u8 = 7;
-    pub const FSTAT: u8 = 8;
     pub const OPENDIR: u8 = 11;
     pub const READDIR: u8 = 12;
-    pub const REALPATH: u8 = 16;
-    pub const STAT: u8 = 17;
     pub const STATUS: u8 = 101;
     pub const HANDLE: u8 = 102;
     pub const DATA: u8 = 103;
@@ -157,16 +154,10 @@ pub enum Request<'a> {
     },
     /// `SSH_FXP_LSTAT`.
     Lstat(&'a [u8]),
-    /// `SSH_FXP_STAT`.
-    Stat(&'a [u8]),
-    /// `SSH_FXP_FSTAT`.
-    Fstat(&'a [u8]),
     /// `SSH_FXP_OPENDIR`.
     Opendir(&'a [u8]),
     /// `SSH_FXP_READDIR`.
     Readdir(&'a [u8]),
-    /// `SSH_FXP_REALPATH`.
-    Realpath(&'a [u8]),
     /// `SSH_FXP_EXTENDED` (`name`, then extension-specific data).
     Extended {
         /// Extension name, e.g. `limits@openssh.com`.
@@ -273,11 +264,8 @@ pub fn encode(id: u32, req: &Request<'_>, out: &mut Vec<u8>) {
         Request::Close(h) => (fxp::CLOSE, h),
         Request::Read { handle, .. } => (fxp::READ, handle),
         Request::Lstat(p) => (fxp::LSTAT, p),
-        Request::Stat(p) => (fxp::STAT, p),
-        Request::Fstat(h) => (fxp::FSTAT, h),
         Request::Opendir(p) => (fxp::OPENDIR, p),
         Request::Readdir(h) => (fxp::READDIR, h),
-        Request::Realpath(p) => (fxp::REALPATH, p),
         Request::Extended { name, .. } => (fxp::EXTENDED, name.as_bytes()),
     };
     out.push(kind);
