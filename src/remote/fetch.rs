@@ -32,8 +32,6 @@ const FLUSH_EVERY: u64 = 64 << 20;
 pub struct Downloaded {
     /// Bytes the local file holds now (resumed prefix included).
     pub bytes: u64,
-    /// Bytes read from the server by this call.
-    pub read: u64,
     /// `false` when the file ended before `size`: it changed under us.
     pub complete: bool,
     /// `lstat` of the path taken right after the last READ (sent together with
@@ -46,8 +44,6 @@ pub struct Downloaded {
 pub struct Progress {
     /// Every byte below this offset is written to the local file.
     pub contiguous: u64,
-    /// Bytes read from the server so far, over all attempts.
-    pub read: u64,
 }
 
 /// Reads remote `path` (declared `size` bytes) into `out` at the same offsets,
@@ -66,10 +62,9 @@ pub async fn download(
     progress: &mut Progress,
     durable: &(dyn Fn(u64) + Sync),
 ) -> Result<Downloaded, LocalOrRemote> {
-    let start_read = progress.read;
     if progress.contiguous >= size {
         let after = conn.lstat(path).await?;
-        return Ok(Downloaded { bytes: size, read: 0, complete: true, after });
+        return Ok(Downloaded { bytes: size, complete: true, after });
     }
     let sftp = &conn.sftp;
     let handle = sftp.open_read(path.as_bytes()).await.map_err(|e| RemoteError::from_sftp(path, e))?;
@@ -84,12 +79,7 @@ pub async fn download(
     let eof_at = result.ok().flatten();
     // CLOSE and the confirming LSTAT travel together: one round trip, not two.
     let (_, after) = tokio::join!(sftp.close(&handle), conn.lstat(path));
-    Ok(Downloaded {
-        bytes: eof_at.unwrap_or(size).min(progress.contiguous),
-        read: progress.read - start_read,
-        complete: eof_at.is_none(),
-        after: after?,
-    })
+    Ok(Downloaded { bytes: eof_at.unwrap_or(size).min(progress.contiguous), complete: eof_at.is_none(), after: after? })
 }
 
 /// The READ loop; returns the offset where the file ended early, if it did.
@@ -138,7 +128,6 @@ async fn pump(
             Some(data) if !data.is_empty() => {
                 let n = data.len() as u64;
                 out.write_all_at(&data, off).map_err(LocalOrRemote::Local)?;
-                progress.read += n;
                 if n < u64::from(len) {
                     // A short reply is legal SFTP. In the middle of the file it is
                     // the server's cap: ask that size from now on, and for the rest

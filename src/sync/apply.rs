@@ -281,7 +281,7 @@ impl Syncer {
         let mut timeouts = 0;
         let (m, p) = (self.mirror.clone(), path.clone());
         let (mut staged, resumed) = blocking(move || m.resumable_staging(&p, entry.size, entry.mtime)).await?;
-        let mut progress = Progress { contiguous: resumed, read: 0 };
+        let mut progress = Progress { contiguous: resumed };
         if resumed > 0 {
             tracing::info!(path = %path, bytes = resumed, "resuming an interrupted download");
         }

@@ -167,6 +167,59 @@ interval = "0s"
     }
 }
 
+/// Where `sftp-mirror` finds an SFTP server, for [`write_config`].
+pub struct Target<'a> {
+    pub port: u16,
+    pub user: &'a str,
+    pub key: &'a Path,
+    pub known_hosts: &'a Path,
+    pub remote_root: &'a str,
+    pub timeout: &'a str,
+}
+
+/// Writes a minimal config file into `dir` (webhook on a free port, no admin,
+/// no periodic reconcile) for `target`, `mirror` and `journal`; returns its path.
+pub fn write_config(dir: &Path, target: &Target<'_>, mirror: &Path, journal: &Path) -> PathBuf {
+    let text = format!(
+        r#"[sftp]
+host = "127.0.0.1"
+port = {port}
+username = {user:?}
+private_key = {key:?}
+known_hosts = {kh:?}
+remote_root = {root:?}
+timeout = {timeout:?}
+
+[mirror]
+path = {mirror:?}
+
+[webhook]
+listen = "127.0.0.1:0"
+secret = {secret:?}
+
+[admin]
+listen = "off"
+
+[journal]
+path = {journal:?}
+
+[reconcile]
+on_start = false
+interval = "0s"
+"#,
+        port = target.port,
+        user = target.user,
+        key = target.key,
+        kh = target.known_hosts,
+        root = target.remote_root,
+        timeout = target.timeout,
+        secret = SECRET,
+    );
+    let path = dir.join(format!("config-{}.toml", fastrand::u32(..)));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
 /// The binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_sftp-mirror")

@@ -46,21 +46,15 @@ impl Embedded {
     /// A config file for the `sftp-mirror` binary against this server.
     pub fn config_file(&self, timeout: &str) -> PathBuf {
         let state = self.dir.path().join("state");
-        let text = format!(
-            "[sftp]\nhost = \"127.0.0.1\"\nport = {port}\nusername = \"tester\"\nprivate_key = {key:?}\n\
-             known_hosts = {kh:?}\nremote_root = \"/\"\ntimeout = {timeout:?}\n\n[mirror]\npath = {mirror:?}\n\n\
-             [webhook]\nlisten = \"127.0.0.1:0\"\nsecret = {secret:?}\n\n[admin]\nlisten = \"off\"\n\n\
-             [journal]\npath = {journal:?}\n\n[reconcile]\non_start = false\ninterval = \"0s\"\n",
-            port = self.server.addr().port(),
-            key = state.join("id_ed25519"),
-            kh = state.join("known_hosts"),
-            mirror = self.mirror(),
-            secret = super::SECRET,
-            journal = state.join("journal.db"),
-        );
-        let path = self.dir.path().join(format!("config-{}.toml", fastrand::u32(..)));
-        std::fs::write(&path, text).unwrap();
-        path
+        let target = super::Target {
+            port: self.server.addr().port(),
+            user: "tester",
+            key: &state.join("id_ed25519"),
+            known_hosts: &state.join("known_hosts"),
+            remote_root: "/",
+            timeout,
+        };
+        super::write_config(self.dir.path(), &target, &self.mirror(), &state.join("journal.db"))
     }
 
     pub fn put(&self, rel: &str, data: &[u8]) {

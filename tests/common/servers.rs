@@ -8,7 +8,7 @@
 //! OpenSSH's `sftp` client. Tests change the remote with [`Server::put`] and
 //! friends and compare the mirror with [`Server::truth`].
 
-use super::daemon::SECRET;
+use super::daemon::{write_config, Target};
 use super::sshd::{free_port, Sshd};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -311,43 +311,15 @@ impl Server {
 
     /// A config file for `sftp-mirror` against this server.
     pub fn config(&self, mirror: &Path, journal: &Path) -> PathBuf {
-        let text = format!(
-            r#"[sftp]
-host = "127.0.0.1"
-port = {port}
-username = {user:?}
-private_key = {key:?}
-known_hosts = {kh:?}
-remote_root = {root:?}
-timeout = "10s"
-
-[mirror]
-path = {mirror:?}
-
-[webhook]
-listen = "127.0.0.1:0"
-secret = {secret:?}
-
-[admin]
-listen = "off"
-
-[journal]
-path = {journal:?}
-
-[reconcile]
-on_start = false
-interval = "0s"
-"#,
-            port = self.port,
-            user = self.user,
-            key = self.client_key,
-            kh = self.known_hosts,
-            root = self.remote_root,
-            secret = SECRET,
-        );
-        let path = self.dir.path().join(format!("config-{}.toml", fastrand::u32(..)));
-        std::fs::write(&path, text).unwrap();
-        path
+        let target = Target {
+            port: self.port,
+            user: &self.user,
+            key: &self.client_key,
+            known_hosts: &self.known_hosts,
+            remote_root: &self.remote_root,
+            timeout: "10s",
+        };
+        write_config(self.dir.path(), &target, mirror, journal)
     }
 }
 
