@@ -71,7 +71,7 @@ async fn healthz(s: &AdminState) -> warp::reply::Response {
         Ok(Err(e)) => problems.push(format!("journal unwritable: {e}")),
         Err(_) => problems.push("journal unwritable: probe timed out".into()),
     }
-    let probe = tokio::time::timeout(PROBE_DEADLINE, s.syncer.remote.stat("")).await;
+    let probe = tokio::time::timeout(PROBE_DEADLINE, s.syncer.remote.stat(b"")).await;
     if let Some(down) = s.syncer.remote.down_for().filter(|d| *d >= s.sftp_down_after) {
         let why = s.syncer.remote.last_error().unwrap_or_default();
         problems.push(format!("SFTP server unreachable for {}s: {why}", down.as_secs()));

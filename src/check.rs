@@ -124,7 +124,7 @@ pub async fn run(config: Option<&Path>, env: &HashMap<String, String>, trust: bo
         }
         Err(e) => return bad(out, e, ACCESS),
     }
-    match remote.stat("").await {
+    match remote.stat(b"").await {
         Ok(Some(e)) if e.kind == RemoteKind::Dir => {
             good(out, format!("remote root {} is a directory", s.sftp.remote_root))
         }

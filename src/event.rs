@@ -130,12 +130,15 @@ impl Event {
 
 /// A validated path relative to the remote root (and so to the mirror root).
 ///
-/// Invariants: non-empty; components are non-empty, not `.` or `..`, have no `/`
-/// or NUL, are valid UTF-8 of at most [`MAX_NAME_BYTES`]; the first is not
-/// [`RESERVED_NAME`]. `is_dir` records a trailing `/` on the wire.
+/// Paths are byte strings, as SFTP names and Unix file names are: one that
+/// came from a listing is mirrored byte-exact even when it is not UTF-8
+/// (event paths are always UTF-8). Invariants: non-empty; components are
+/// non-empty, not `.` or `..`, have no `/` or NUL, are at most
+/// [`MAX_NAME_BYTES`]; the first is not [`RESERVED_NAME`]. `is_dir` records a
+/// trailing `/` on the wire.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RemotePath {
-    rel: String,
+    rel: Vec<u8>,
     is_dir: bool,
 }
 
@@ -144,39 +147,48 @@ impl RemotePath {
     /// space, `%2b` a plus), one optional leading `/`, trailing `/` = directory.
     ///
     /// # Errors
-    /// [`EventError::UnsafePath`] for anything that is not a plain relative path.
+    /// [`EventError::UnsafePath`] for anything that is not a plain relative path,
+    /// and for one that is not UTF-8 after decoding (SFTP To Go sends UTF-8).
     pub fn decode(wire: &str) -> Result<RemotePath, EventError> {
         let bytes: Vec<u8> = form_decode(wire.as_bytes());
         let s = String::from_utf8(bytes).map_err(|_| EventError::UnsafePath("not valid UTF-8 after decoding"))?;
         RemotePath::parse(&s)
     }
 
-    /// Validates an already-decoded path (used for paths we build ourselves,
-    /// e.g. from a remote listing, and by [`RemotePath::decode`]).
+    /// Validates an already-decoded path (used for paths we build ourselves
+    /// and by [`RemotePath::decode`]).
     ///
     /// # Errors
     /// [`EventError::UnsafePath`] as for [`RemotePath::decode`].
     pub fn parse(s: &str) -> Result<RemotePath, EventError> {
+        RemotePath::parse_bytes(s.as_bytes())
+    }
+
+    /// [`RemotePath::parse`] on bytes, which need not be UTF-8.
+    ///
+    /// # Errors
+    /// [`EventError::UnsafePath`] as for [`RemotePath::decode`].
+    pub fn parse_bytes(s: &[u8]) -> Result<RemotePath, EventError> {
         if s.len() > MAX_PATH_BYTES {
             return Err(EventError::UnsafePath("path too long"));
         }
-        if s.contains('\0') {
+        if s.contains(&0) {
             return Err(EventError::UnsafePath("NUL byte in path"));
         }
-        let s = s.strip_prefix('/').unwrap_or(s);
-        let (s, is_dir) = match s.strip_suffix('/') {
+        let s = s.strip_prefix(b"/").unwrap_or(s);
+        let (s, is_dir) = match s.strip_suffix(b"/") {
             Some(rest) => (rest, true),
             None => (s, false),
         };
         if s.is_empty() {
             return Err(EventError::UnsafePath("empty path"));
         }
-        for (i, c) in s.split('/').enumerate() {
+        for (i, c) in s.split(|&b| b == b'/').enumerate() {
             match c {
-                "" => return Err(EventError::UnsafePath("empty path component")),
-                "." | ".." => return Err(EventError::UnsafePath("'.' or '..' component")),
+                b"" => return Err(EventError::UnsafePath("empty path component")),
+                b"." | b".." => return Err(EventError::UnsafePath("'.' or '..' component")),
                 _ if c.len() > MAX_NAME_BYTES => return Err(EventError::UnsafePath("path component too long")),
-                _ if i == 0 && c == RESERVED_NAME => {
+                _ if i == 0 && c == RESERVED_NAME.as_bytes() => {
                     return Err(EventError::UnsafePath("path uses the reserved name .sftp-mirror"))
                 }
                 _ => {}
@@ -185,9 +197,41 @@ impl RemotePath {
         Ok(RemotePath { rel: s.to_owned(), is_dir })
     }
 
-    /// The relative path without leading or trailing `/` (`dir/file.txt`).
-    pub fn as_str(&self) -> &str {
+    /// The entry `name` inside directory `parent` (`None` = the root), marked
+    /// as a directory or not.
+    ///
+    /// # Errors
+    /// [`EventError::UnsafePath`] when the result would not be a safe path.
+    pub fn child(parent: Option<&RemotePath>, name: &[u8], is_dir: bool) -> Result<RemotePath, EventError> {
+        if name.is_empty() || name.contains(&b'/') {
+            return Err(EventError::UnsafePath("an empty name or '/' in a name"));
+        }
+        let rel = match parent {
+            Some(p) => [&p.rel[..], b"/", name].concat(),
+            None => name.to_owned(),
+        };
+        RemotePath::parse_bytes(&rel).map(|p| p.with_dir(is_dir))
+    }
+
+    /// The relative path without leading or trailing `/` (`dir/file.txt`), exactly.
+    pub fn as_bytes(&self) -> &[u8] {
         &self.rel
+    }
+
+    /// The same as a relative file-system path.
+    pub fn as_path(&self) -> &std::path::Path {
+        bytes_path(&self.rel)
+    }
+
+    /// The relative path for people (logs, messages): bytes that are not
+    /// UTF-8 are shown as U+FFFD. Never use it to reach a file.
+    pub fn lossy(&self) -> std::borrow::Cow<'_, str> {
+        String::from_utf8_lossy(&self.rel)
+    }
+
+    /// How many components the path has.
+    pub fn depth(&self) -> usize {
+        self.rel.split(|&b| b == b'/').count()
     }
 
     /// Whether the event named a directory (trailing `/`).
@@ -200,42 +244,28 @@ impl RemotePath {
         RemotePath { rel: self.rel.clone(), is_dir }
     }
 
-    /// The path components.
-    pub fn components(&self) -> impl Iterator<Item = &str> {
-        self.rel.split('/')
-    }
-
-    /// The last component.
-    pub fn file_name(&self) -> &str {
-        self.rel.rsplit('/').next().unwrap_or(&self.rel)
-    }
-
     /// Whether `self` is `other` or one of its ancestors or descendants; such
     /// paths must never be worked on at the same time (SPEC §2).
     pub fn overlaps(&self, other: &RemotePath) -> bool {
-        let (a, b) = (self.rel.as_str(), other.rel.as_str());
+        let (a, b) = (&self.rel[..], &other.rel[..]);
         let (short, long) = if a.len() <= b.len() { (a, b) } else { (b, a) };
-        long.starts_with(short) && (long.len() == short.len() || long.as_bytes()[short.len()] == b'/')
+        long.starts_with(short) && (long.len() == short.len() || long[short.len()] == b'/')
     }
 
-    /// The full path on the server under `root` (an absolute remote directory).
-    pub fn remote_path(&self, root: &str) -> String {
-        join_remote(root, &self.rel)
-    }
-
-    /// The wire form (with a trailing `/` for directories), as stored in the journal.
+    /// The wire form (with a trailing `/` for directories), as stored in the
+    /// journal. Event paths are UTF-8, so for them this is exact.
     pub fn to_wire(&self) -> String {
         if self.is_dir {
-            format!("{}/", self.rel)
+            format!("{}/", self.lossy())
         } else {
-            self.rel.clone()
+            self.lossy().into_owned()
         }
     }
 }
 
 impl fmt::Display for RemotePath {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.rel)?;
+        f.write_str(&self.lossy())?;
         if self.is_dir {
             f.write_str("/")?;
         }
@@ -243,13 +273,19 @@ impl fmt::Display for RemotePath {
     }
 }
 
+/// A relative path of bytes as a file-system path (Unix paths are bytes).
+pub fn bytes_path(b: &[u8]) -> &std::path::Path {
+    use std::os::unix::ffi::OsStrExt;
+    std::path::Path::new(std::ffi::OsStr::from_bytes(b))
+}
+
 /// Joins a remote root and a relative path with exactly one `/`.
-pub fn join_remote(root: &str, rel: &str) -> String {
+pub fn join_remote(root: &str, rel: &[u8]) -> Vec<u8> {
     let root = root.trim_end_matches('/');
     if rel.is_empty() {
-        return if root.is_empty() { "/".into() } else { root.to_owned() };
+        return if root.is_empty() { b"/".to_vec() } else { root.as_bytes().to_vec() };
     }
-    format!("{root}/{rel}")
+    [root.as_bytes(), b"/", rel].concat()
 }
 
 /// `application/x-www-form-urlencoded` decoding: `+` → space, `%XX` → byte.
@@ -262,6 +298,7 @@ fn form_decode(input: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::ffi::OsStrExt;
 
     fn ok(wire: &str) -> RemotePath {
         RemotePath::decode(wire).unwrap_or_else(|e| panic!("{wire:?}: {e}"))
@@ -273,17 +310,17 @@ mod tests {
 
     #[test]
     fn decodes_form_urlencoding() {
-        assert_eq!(ok("dir/file1.txt").as_str(), "dir/file1.txt");
-        assert_eq!(ok("my+report%2b1.pdf").as_str(), "my report+1.pdf");
-        assert_eq!(ok("/caf%C3%A9/na%C3%AFve+file.txt").as_str(), "café/naïve file.txt");
-        assert_eq!(ok("100%").as_str(), "100%");
+        assert_eq!(ok("dir/file1.txt").lossy(), "dir/file1.txt");
+        assert_eq!(ok("my+report%2b1.pdf").lossy(), "my report+1.pdf");
+        assert_eq!(ok("/caf%C3%A9/na%C3%AFve+file.txt").lossy(), "café/naïve file.txt");
+        assert_eq!(ok("100%").lossy(), "100%");
     }
 
     #[test]
     fn trailing_slash_is_a_directory_and_one_leading_slash_is_dropped() {
         let d = ok("/a/b/");
         assert!(d.is_dir());
-        assert_eq!(d.as_str(), "a/b");
+        assert_eq!(d.lossy(), "a/b");
         assert_eq!(d.to_wire(), "a/b/");
         assert!(!ok("a/b").is_dir());
     }
@@ -316,7 +353,7 @@ mod tests {
         bad(&"x".repeat(256));
         bad(&format!("{}/", ["y"; 3000].join("/")));
         // `.sftp-mirror` is only reserved at the top.
-        assert_eq!(ok("a/.sftp-mirror").as_str(), "a/.sftp-mirror");
+        assert_eq!(ok("a/.sftp-mirror").lossy(), "a/.sftp-mirror");
     }
 
     #[test]
@@ -338,7 +375,7 @@ mod tests {
         assert_eq!(e.id, "e1");
         assert_eq!(e.topic, Topic::Created);
         assert_eq!(e.created_at, Some(1_700_000_000_000));
-        assert_eq!(e.path.unwrap().as_str(), "dir/file1.txt");
+        assert_eq!(e.path.unwrap().lossy(), "dir/file1.txt");
 
         let ping = br#"{"Id":"p","Topic":"webhook.ping","Data":{"Topics":["file.created"],"Url":"https://x"}}"#;
         let e = Event::parse(ping).unwrap();
@@ -367,5 +404,22 @@ mod tests {
             assert!(err.contains(what), "{err:?} should mention {what}");
             assert!(!err.contains('\n'));
         }
+    }
+
+    #[test]
+    fn listed_names_are_bytes_and_children_stay_inside() {
+        let dir = RemotePath::parse("d").unwrap();
+        let c = RemotePath::child(Some(&dir), b"caf\xe9.txt", false).unwrap();
+        assert_eq!(c.as_bytes(), b"d/caf\xe9.txt");
+        assert_eq!(c.as_path(), std::path::Path::new(std::ffi::OsStr::from_bytes(b"d/caf\xe9.txt")));
+        assert_eq!(c.lossy(), "d/caf\u{fffd}.txt");
+        assert_eq!(c.depth(), 2);
+        for bad in [&b""[..], b".", b"..", b"a/b", b"a\0"] {
+            assert!(RemotePath::child(Some(&dir), bad, false).is_err(), "{bad:?}");
+        }
+        assert!(RemotePath::child(None, b".sftp-mirror", true).is_err());
+        assert!(RemotePath::child(Some(&dir), b".sftp-mirror", true).is_ok());
+        // Events stay UTF-8.
+        assert!(RemotePath::decode("caf%E9.txt").is_err());
     }
 }

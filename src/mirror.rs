@@ -69,8 +69,8 @@ fn clean_staging(staging: &Dir) -> io::Result<()> {
     Ok(())
 }
 
-fn err(op: &'static str, path: impl Into<String>) -> impl FnOnce(io::Error) -> MirrorError {
-    let path = path.into();
+fn err(op: &'static str, path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> MirrorError {
+    let path = path.as_ref().display().to_string();
     move |source| MirrorError { op, path, source }
 }
 
@@ -196,7 +196,7 @@ impl Drop for Staging {
 /// The resumable staging file of `rel`: one per path, so a retry finds it.
 fn partial_name(rel: &RemotePath) -> String {
     use sha2::Digest;
-    let digest = sha2::Sha256::digest(rel.as_str().as_bytes());
+    let digest = sha2::Sha256::digest(rel.as_bytes());
     format!("r-{}.part", hex::encode(&digest[..16]))
 }
 
@@ -229,13 +229,13 @@ struct SyncState {
     /// The last failed round: (covered tickets up to, error).
     failed: Option<(u64, String)>,
     /// Directories (mirror-relative, "." for the root) waiting for their fsync.
-    dirs: std::collections::BTreeSet<String>,
+    dirs: std::collections::BTreeSet<PathBuf>,
 }
 
 impl GroupSync {
     /// Returns once directory `dir` of the mirror at `base` (and every entry
     /// renamed into or removed from it before the call) is on disk.
-    fn sync_dir(&self, base: &Path, dir: &str) -> io::Result<()> {
+    fn sync_dir(&self, base: &Path, dir: &Path) -> io::Result<()> {
         let mut s = self.state.lock().expect("not poisoned");
         s.dirs.insert(dir.to_owned());
         s.requested += 1;
@@ -434,7 +434,7 @@ impl Mirror {
         if !self.ancestors_are_dirs(rel)? {
             return Ok(None);
         }
-        self.lstat(rel.as_str())
+        self.lstat(rel.as_path())
     }
 
     /// Whether `rel` (`None` = the root) is a real directory reachable without symlinks.
@@ -448,7 +448,7 @@ impl Mirror {
         }
     }
 
-    fn lstat(&self, rel: &str) -> Result<Option<LocalEntry>, MirrorError> {
+    fn lstat(&self, rel: &Path) -> Result<Option<LocalEntry>, MirrorError> {
         match self.root.symlink_metadata(rel) {
             Ok(m) => Ok(Some(entry_of(&m))),
             Err(e) if gone(&e) => Ok(None),
@@ -458,7 +458,7 @@ impl Mirror {
 
     /// Whether every ancestor of `rel` is a real directory (not a symlink).
     fn ancestors_are_dirs(&self, rel: &RemotePath) -> Result<bool, MirrorError> {
-        for prefix in ancestors(rel.as_str()) {
+        for prefix in ancestors(rel.as_path()) {
             match self.lstat(prefix)? {
                 Some(e) if e.kind == LocalKind::Dir => {}
                 _ => return Ok(false),
@@ -471,7 +471,7 @@ impl Mirror {
     /// symlink in the way (the remote has a directory there).
     /// Returns the first directory it had to create, if any: its parent's
     /// entry must be made durable too.
-    fn ensure_ancestors<'r>(&self, rel: &'r str) -> Result<Option<&'r str>, MirrorError> {
+    fn ensure_ancestors<'r>(&self, rel: &'r Path) -> Result<Option<&'r Path>, MirrorError> {
         let mut first = None;
         for prefix in ancestors(rel) {
             if self.ensure_dir_at(prefix)? && first.is_none() {
@@ -481,7 +481,7 @@ impl Mirror {
         Ok(first)
     }
 
-    fn ensure_dir_at(&self, rel: &str) -> Result<bool, MirrorError> {
+    fn ensure_dir_at(&self, rel: &Path) -> Result<bool, MirrorError> {
         match self.lstat(rel)? {
             Some(e) if e.kind == LocalKind::Dir => return Ok(false),
             Some(_) => self.root.remove_file(rel).map_err(err("replace with a directory", rel))?,
@@ -506,11 +506,11 @@ impl Mirror {
     /// # Errors
     /// On an I/O error.
     pub fn make_dir(&self, rel: &RemotePath) -> Result<bool, MirrorError> {
-        let r = rel.as_str();
+        let r = rel.as_path();
         let first = self.ensure_ancestors(r)?;
         let created = self.ensure_dir_at(r)?;
         if let Some(first) = first.or(created.then_some(r)) {
-            for p in ancestors(r).chain([r]).filter(|p| p.len() >= first.len()) {
+            for p in ancestors(r).chain([r]).filter(|p| p.as_os_str().len() >= first.as_os_str().len()) {
                 self.group.sync_dir(&self.path, parent_of(p)).map_err(err("sync directory", p))?;
             }
         }
@@ -549,7 +549,7 @@ impl Mirror {
     /// # Errors
     /// On an I/O error; the staging file is then removed.
     pub fn commit(&self, mut staged: Staging, rel: &RemotePath, mtime: u64) -> Result<(), MirrorError> {
-        let r = rel.as_str();
+        let r = rel.as_path();
         let f = staged.file();
         f.set_modified(UNIX_EPOCH + Duration::from_secs(mtime)).map_err(err("set mtime", r))?;
         // The data must be durable before the name points at it, or a crash could
@@ -564,7 +564,7 @@ impl Mirror {
         if let Some(c) = created {
             // New directories: the chain below the first one created is flushed
             // by each child's own directory fsync; the first one needs its parent.
-            for prefix in ancestors(r).filter(|p| p.len() >= c.len()) {
+            for prefix in ancestors(r).filter(|p| p.as_os_str().len() >= c.as_os_str().len()) {
                 self.group.sync_dir(&self.path, parent_of(prefix)).map_err(err("sync directory", prefix))?;
             }
         }
@@ -580,7 +580,7 @@ impl Mirror {
         let Some(entry) = self.stat(rel)? else {
             return Ok(None);
         };
-        let r = rel.as_str();
+        let r = rel.as_path();
         match entry.kind {
             LocalKind::Dir => self.root.remove_dir_all(r),
             _ => self.root.remove_file(r),
@@ -592,33 +592,33 @@ impl Mirror {
     }
 
     /// Lists directory `rel` (`None` = the root) without following symlinks;
-    /// the root's `.sftp-mirror` is left out. Names that are not UTF-8 are
-    /// returned lossily marked so the caller can treat them as extraneous.
+    /// the root's `.sftp-mirror` is left out. Names are bytes, exactly as on
+    /// disk (UTF-8 or not).
     ///
     /// # Errors
     /// On an I/O error.
-    pub fn list_dir(&self, rel: Option<&RemotePath>) -> Result<Vec<(String, LocalEntry)>, MirrorError> {
-        let shown = rel.map(|r| r.as_str().to_owned()).unwrap_or_else(|| ".".into());
+    pub fn list_dir(&self, rel: Option<&RemotePath>) -> Result<Vec<(Vec<u8>, LocalEntry)>, MirrorError> {
+        use std::os::unix::ffi::OsStringExt;
+        let shown = rel.map(|r| r.lossy().into_owned()).unwrap_or_else(|| ".".into());
         let dir = match rel {
-            Some(r) => self.root.open_dir(r.as_str()),
+            Some(r) => self.root.open_dir(r.as_path()),
             None => self.root.try_clone(),
         }
         .map_err(err("open directory", &shown))?;
         let mut out = Vec::new();
         for ent in dir.entries().map_err(err("list", &shown))? {
             let ent = ent.map_err(err("list", &shown))?;
-            let name = ent.file_name();
-            let Some(name) = name.to_str() else { continue };
-            if rel.is_none() && name == RESERVED_NAME {
+            let name = ent.file_name().into_vec();
+            if rel.is_none() && name == RESERVED_NAME.as_bytes() {
                 continue;
             }
             // fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW): one syscall, no path walk.
             let meta = match ent.metadata() {
                 Ok(m) => m,
                 Err(e) if gone(&e) => continue,
-                Err(e) => return Err(err("stat", format!("{shown}/{name}"))(e)),
+                Err(e) => return Err(err("stat", format!("{shown}/{}", String::from_utf8_lossy(&name)))(e)),
             };
-            out.push((name.to_owned(), entry_of(&meta)));
+            out.push((name, entry_of(&meta)));
         }
         Ok(out)
     }
@@ -651,13 +651,15 @@ fn gone(e: &io::Error) -> bool {
 }
 
 /// `a/b/c` → `a/b`; `c` → `.`.
-fn parent_of(rel: &str) -> &str {
-    rel.rfind('/').map_or(".", |i| &rel[..i])
+fn parent_of(rel: &Path) -> &Path {
+    rel.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."))
 }
 
-/// `a/b/c` → `a`, `a/b`.
-fn ancestors(rel: &str) -> impl Iterator<Item = &str> {
-    rel.match_indices('/').map(move |(i, _)| &rel[..i])
+/// `a/b/c` → `a`, `a/b` (shortest first).
+fn ancestors(rel: &Path) -> impl Iterator<Item = &Path> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = rel.as_os_str().as_bytes();
+    b.iter().enumerate().filter(|(_, &c)| c == b'/').map(move |(i, _)| crate::event::bytes_path(&b[..i]))
 }
 
 #[cfg(test)]

@@ -13,6 +13,12 @@ use std::process::Command;
 /// Files in one directory: enough for asyncssh's 4-byte handle counter to pass 0x80.
 const MANY: usize = 300;
 
+/// A file name from raw bytes.
+fn raw(name: &[u8]) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::OsStr::from_bytes(name).to_owned()
+}
+
 fn reconcile(cfg: &Path) -> serde_json::Value {
     let out = Command::new(bin()).arg("--config").arg(cfg).args(["reconcile", "--json"]).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -61,11 +67,19 @@ fn interop(kind: Kind) {
     let many: Vec<_> = (0..MANY).map(|i| (format!("many/f{i:03}.txt"), format!("file {i}\n").into_bytes())).collect();
     server.put_all(&many);
     server.mkdir("empty-dir");
+    // A name that is not UTF-8 (Latin-1 "café"), where the server passes names through.
+    let latin1 = raw(b"caf\xe9.txt");
+    if kind.passes_raw_names() {
+        std::fs::write(server.truth().join(&latin1), b"a Latin-1 name").unwrap();
+    }
     let s = reconcile(&cfg);
     assert_eq!(s["failed"], 0, "{s}");
-    assert_eq!(s["downloaded"], MANY + 6, "{s}");
+    assert_eq!(s["downloaded"], MANY + 6 + usize::from(kind.passes_raw_names()), "{s}");
     assert_same(&server, &mirror, "after the first pass");
     assert_eq!(std::fs::read(mirror.join("big.bin")).unwrap(), big, "64 MiB byte-identical");
+    if kind.passes_raw_names() {
+        assert_eq!(std::fs::read(mirror.join(&latin1)).unwrap(), b"a Latin-1 name", "mirrored byte-exact");
+    }
 
     // Nothing changed: nothing to do.
     let s = reconcile(&cfg);
@@ -75,6 +89,9 @@ fn interop(kind: Kind) {
         "{s}"
     );
 
+    // Rewrites, deletes, and file <-> directory swaps converge; a local entry
+    // the remote never had goes, whatever its name.
+    std::fs::write(mirror.join("many").join(raw(b"stray\xff.bin")), b"not on the remote").unwrap();
     // Rewrites, deletes, and file <-> directory swaps converge.
     server.put("plus+and%25percent.txt", b"rewritten, and longer than before");
     server.remove("many/f007.txt");

@@ -56,7 +56,7 @@ pub struct Progress {
 /// its deadline, or a local write error. `progress` says how far it got.
 pub async fn download(
     conn: &Conn,
-    path: &str,
+    path: &[u8],
     size: u64,
     out: &std::fs::File,
     progress: &mut Progress,
@@ -67,7 +67,7 @@ pub async fn download(
         return Ok(Downloaded { bytes: size, complete: true, after });
     }
     let sftp = &conn.sftp;
-    let handle = sftp.open_read(path.as_bytes()).await.map_err(|e| RemoteError::from_sftp(path, e))?;
+    let handle = sftp.open_read(path).await.map_err(|e| RemoteError::from_sftp(path, e))?;
     let result = pump(conn, path, &handle, size, out, progress, durable).await;
     if let Err(e) = result {
         // Close errors do not matter for a read-only handle; don't wait on a dead link.
@@ -85,7 +85,7 @@ pub async fn download(
 /// The READ loop; returns the offset where the file ended early, if it did.
 async fn pump(
     conn: &Conn,
-    path: &str,
+    path: &[u8],
     handle: &[u8],
     size: u64,
     out: &std::fs::File,

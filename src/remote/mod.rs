@@ -145,10 +145,11 @@ impl RemoteError {
 
     /// Maps a client error for `path`. A server that breaks the protocol is
     /// treated like a lost connection: it is dropped and reconnected.
-    pub(crate) fn from_sftp(path: &str, e: SftpError) -> RemoteError {
+    pub(crate) fn from_sftp(path: &[u8], e: SftpError) -> RemoteError {
+        let path = shown(path);
         match e {
-            SftpError::Status { code, message } => RemoteError::Status { path: path.to_owned(), code, message },
-            SftpError::Timeout(_) => RemoteError::Timeout { path: path.to_owned() },
+            SftpError::Status { code, message } => RemoteError::Status { path, code, message },
+            SftpError::Timeout(_) => RemoteError::Timeout { path },
             other => RemoteError::Transport(format!("{path}: {other}")),
         }
     }
@@ -157,6 +158,11 @@ impl RemoteError {
     pub fn is_not_found(&self) -> bool {
         matches!(self, RemoteError::Status { code: StatusCode::NoSuchFile, .. })
     }
+}
+
+/// A remote path for messages (bytes that are not UTF-8 shown as U+FFFD).
+pub(crate) fn shown(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
 }
 
 /// What a remote path is.

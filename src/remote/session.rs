@@ -92,8 +92,8 @@ impl Conn {
     ///
     /// # Errors
     /// A [`RemoteError`] for anything but "no such file".
-    pub async fn lstat(&self, path: &str) -> Result<Option<RemoteEntry>, RemoteError> {
-        match self.sftp.lstat(path.as_bytes()).await {
+    pub async fn lstat(&self, path: &[u8]) -> Result<Option<RemoteEntry>, RemoteError> {
+        match self.sftp.lstat(path).await {
             Ok(a) => Ok(Some(RemoteEntry::from_attrs(&a))),
             Err(e) => match RemoteError::from_sftp(path, e) {
                 RemoteError::Status { code: StatusCode::NoSuchFile, .. } => Ok(None),
@@ -269,7 +269,7 @@ async fn open_conn(s: &SftpSettings, id: u64) -> Result<Conn, RemoteError> {
         channel.request_subsystem(true, "sftp").await.map_err(transport)?;
         let (sftp, version) = SftpClient::start(channel.into_stream(), s.timeout)
             .await
-            .map_err(|e| RemoteError::from_sftp("(start of the SFTP session)", e))?;
+            .map_err(|e| RemoteError::from_sftp(b"(start of the SFTP session)", e))?;
         let mut read_len = (MAX_READ_LEN, false);
         if version.has("limits@openssh.com") {
             match sftp.limits().await {
@@ -374,7 +374,7 @@ impl Remote {
     }
 
     /// The absolute remote path of a mirror-relative path.
-    pub fn path_of(&self, rel: &str) -> String {
+    pub fn path_of(&self, rel: &[u8]) -> Vec<u8> {
         crate::event::join_remote(&self.inner.settings.remote_root, rel)
     }
 
@@ -465,7 +465,7 @@ impl Remote {
     ///
     /// # Errors
     /// A [`RemoteError`] for anything but "no such file".
-    pub async fn stat(&self, rel: &str) -> Result<Option<RemoteEntry>, RemoteError> {
+    pub async fn stat(&self, rel: &[u8]) -> Result<Option<RemoteEntry>, RemoteError> {
         let path = self.path_of(rel);
         self.with_retry(|c| {
             let path = path.clone();

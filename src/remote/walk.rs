@@ -23,18 +23,6 @@ pub struct RemoteDirEntry {
 /// would otherwise be walked until paths grow too long.
 pub const MAX_DEPTH: usize = 64;
 
-impl RemoteDirEntry {
-    /// The name as UTF-8, or `None` (with a warning) when it is not: the
-    /// mirror's paths are UTF-8 as the events' are.
-    pub fn utf8_name(&self, dir: &str) -> Option<&str> {
-        let name = std::str::from_utf8(&self.name);
-        if name.is_err() {
-            tracing::warn!(dir, name = %String::from_utf8_lossy(&self.name), "a remote name that is not UTF-8 is not mirrored");
-        }
-        name.ok()
-    }
-}
-
 /// Why a listed name cannot be a directory entry, if it cannot.
 fn bad_name(name: &[u8]) -> Option<&'static str> {
     if name.is_empty() {
@@ -55,9 +43,10 @@ fn bad_name(name: &[u8]) -> Option<&'static str> {
 /// # Errors
 /// A [`RemoteError`]; `NoSuchFile` when the directory is gone; a status error
 /// when the listing exceeds [`MAX_DIR_ENTRIES`].
-pub async fn list_dir(conn: &Conn, path: &str) -> Result<Vec<RemoteDirEntry>, RemoteError> {
+pub async fn list_dir(conn: &Conn, path: &[u8]) -> Result<Vec<RemoteDirEntry>, RemoteError> {
     let sftp = &conn.sftp;
-    let handle = sftp.opendir(path.as_bytes()).await.map_err(|e| RemoteError::from_sftp(path, e))?;
+    let handle = sftp.opendir(path).await.map_err(|e| RemoteError::from_sftp(path, e))?;
+    let dir = super::shown(path);
     let mut out: Vec<RemoteDirEntry> = Vec::new();
     let mut seen = std::collections::HashSet::new();
     let result = loop {
@@ -68,18 +57,18 @@ pub async fn list_dir(conn: &Conn, path: &str) -> Result<Vec<RemoteDirEntry>, Re
                         continue;
                     }
                     if let Some(why) = bad_name(&f.name) {
-                        tracing::warn!(dir = path, name = %String::from_utf8_lossy(&f.name).escape_debug(), "the server listed {why}; skipped");
+                        tracing::warn!(dir = %dir, name = %String::from_utf8_lossy(&f.name).escape_debug(), "the server listed {why}; skipped");
                         continue;
                     }
                     if !seen.insert(f.name.clone()) {
-                        tracing::warn!(dir = path, name = %String::from_utf8_lossy(&f.name).escape_debug(), "the server listed a name twice; the first one counts");
+                        tracing::warn!(dir = %dir, name = %String::from_utf8_lossy(&f.name).escape_debug(), "the server listed a name twice; the first one counts");
                         continue;
                     }
                     out.push(RemoteDirEntry { entry: RemoteEntry::from_attrs(&f.attrs), name: f.name });
                 }
                 if out.len() > MAX_DIR_ENTRIES {
                     break Err(RemoteError::Status {
-                        path: path.to_owned(),
+                        path: dir.clone(),
                         code: super::StatusCode::Failure,
                         message: format!("the directory lists more than {MAX_DIR_ENTRIES} entries; not mirrored"),
                     });

@@ -131,9 +131,9 @@ impl Syncer {
         // remote symlink `a` is whatever `a` points to, outside the remote root
         // possibly. Check the ancestors together with the path itself (no extra
         // round trip): a symlink is never followed, as reconcile never descends one.
-        let (remote, ancestors) = tokio::join!(self.remote.stat(path.as_str()), self.remote_ancestors(path));
+        let (remote, ancestors) = tokio::join!(self.remote.stat(path.as_bytes()), self.remote_ancestors(path));
         if let Some(a) = ancestors? {
-            tracing::info!(path = %path, ancestor = a, "not mirrored: a remote ancestor is a symlink");
+            tracing::info!(path = %path, ancestor = %String::from_utf8_lossy(a), "not mirrored: a remote ancestor is a symlink");
             return Ok(Action::Skipped("a remote ancestor is a symlink"));
         }
         let remote = remote?;
@@ -150,7 +150,7 @@ impl Syncer {
     /// Makes the mirror's subtree under directory `dir` equal the remote one.
     /// The caller holds the lock on `dir`, which covers every descendant.
     async fn sync_subtree(&self, dir: &RemotePath) -> Result<(), ApplyError> {
-        let rpath = self.remote.path_of(dir.as_str());
+        let rpath = self.remote.path_of(dir.as_bytes());
         let remote = self
             .remote
             .with_retry(|c| {
@@ -166,14 +166,13 @@ impl Syncer {
         };
         let (m, d) = (self.mirror.clone(), dir.clone());
         let local = blocking(move || if m.stat_dir(Some(&d))? { m.list_dir(Some(&d)) } else { Ok(Vec::new()) }).await?;
-        let mut local: std::collections::HashMap<String, LocalKind> =
+        let mut local: std::collections::HashMap<Vec<u8>, LocalKind> =
             local.into_iter().map(|(name, e)| (name, e.kind)).collect();
-        let deep_enough = dir.as_str().split('/').count() >= crate::remote::MAX_DEPTH;
+        let deep_enough = dir.depth() >= crate::remote::MAX_DEPTH;
         for r in remote {
-            let Some(name) = r.utf8_name(dir.as_str()) else { continue };
-            local.remove(name);
+            local.remove(&r.name);
             let is_dir = r.entry.kind == RemoteKind::Dir;
-            let Ok(child) = RemotePath::parse(&format!("{}/{name}", dir.as_str())).map(|p| p.with_dir(is_dir)) else {
+            let Ok(child) = RemotePath::child(Some(dir), &r.name, is_dir) else {
                 continue;
             };
             if !self.filter.allows(&child) {
@@ -187,8 +186,7 @@ impl Syncer {
             }
         }
         for (name, kind) in local {
-            let Ok(child) = RemotePath::parse(&format!("{}/{name}", dir.as_str())) else { continue };
-            let child = child.with_dir(kind == LocalKind::Dir);
+            let Ok(child) = RemotePath::child(Some(dir), &name, kind == LocalKind::Dir) else { continue };
             if self.filter.allows(&child) {
                 self.remove(&child).await?;
             }
@@ -198,9 +196,9 @@ impl Syncer {
 
     /// The first ancestor of `path` that is a symlink (or another special
     /// entry) on the remote, if any.
-    async fn remote_ancestors<'p>(&self, path: &'p RemotePath) -> Result<Option<&'p str>, ApplyError> {
-        let rel = path.as_str();
-        let prefixes: Vec<&str> = rel.match_indices('/').map(|(i, _)| &rel[..i]).collect();
+    async fn remote_ancestors<'p>(&self, path: &'p RemotePath) -> Result<Option<&'p [u8]>, ApplyError> {
+        let rel = path.as_bytes();
+        let prefixes: Vec<&[u8]> = rel.iter().enumerate().filter(|(_, &c)| c == b'/').map(|(i, _)| &rel[..i]).collect();
         let stats = futures::future::join_all(prefixes.iter().map(|p| self.remote.stat(p))).await;
         for (p, st) in prefixes.into_iter().zip(stats) {
             match st? {
@@ -275,7 +273,8 @@ impl Syncer {
         }) {
             return Ok(Action::Unchanged);
         }
-        let rpath = self.remote.path_of(path.as_str());
+        let rpath = self.remote.path_of(path.as_bytes());
+        let shown_path = path.lossy().into_owned();
         let _permit = self.transfers.acquire().await.map_err(|e| ApplyError::Internal(e.to_string()))?;
         let mut last_err = None;
         let mut timeouts = 0;
@@ -292,7 +291,7 @@ impl Syncer {
             let free = blocking(move || m.free_space()).await?;
             let need = entry.size - progress.contiguous.min(entry.size);
             if need > free {
-                return Err(RemoteError::NoSpace { path: rpath, size: entry.size, free }.into());
+                return Err(RemoteError::NoSpace { path: shown_path, size: entry.size, free }.into());
             }
             let file = staged.take_file();
             let recorder = staged.recorder();
@@ -339,7 +338,7 @@ impl Syncer {
                             drop(staged);
                             (staged, _) = blocking(move || m.resumable_staging(&p, entry.size, entry.mtime)).await?;
                             progress = Progress::default();
-                            last_err = Some(RemoteError::Unstable { path: rpath.clone() });
+                            last_err = Some(RemoteError::Unstable { path: shown_path.clone() });
                         }
                         // It became a directory or vanished: apply that instead.
                         other => return Box::pin(self.apply_known(path, other)).await,
@@ -347,6 +346,6 @@ impl Syncer {
                 }
             }
         }
-        Err(last_err.unwrap_or(RemoteError::Unstable { path: rpath }).into())
+        Err(last_err.unwrap_or(RemoteError::Unstable { path: shown_path }).into())
     }
 }

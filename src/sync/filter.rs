@@ -6,7 +6,7 @@
 //! it; `include` (when not empty) selects files, while directories are always
 //! walked so that included files inside them can be reached.
 
-use crate::event::RemotePath;
+use crate::event::{bytes_path, RemotePath};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 
 /// A compiled include/exclude pair.
@@ -35,15 +35,23 @@ impl Filter {
 
     /// Whether `path` (a file, or a directory when `path.is_dir()`) is mirrored.
     pub fn allows(&self, path: &RemotePath) -> bool {
-        self.allows_str(path.as_str(), path.is_dir())
+        self.allows_bytes(path.as_bytes(), path.is_dir())
     }
 
     /// Same as [`Filter::allows`] on a relative path string.
     pub fn allows_str(&self, rel: &str, is_dir: bool) -> bool {
+        self.allows_bytes(rel.as_bytes(), is_dir)
+    }
+
+    /// Same as [`Filter::allows`] on a relative path of bytes (globs match
+    /// names that are not UTF-8 too).
+    fn allows_bytes(&self, rel: &[u8], is_dir: bool) -> bool {
         // An excluded ancestor excludes its whole subtree.
-        if rel.match_indices('/').any(|(i, _)| self.exclude.is_match(&rel[..i])) {
+        let mut prefixes = rel.iter().enumerate().filter(|(_, &c)| c == b'/').map(|(i, _)| &rel[..i]);
+        if prefixes.any(|p| self.exclude.is_match(bytes_path(p))) {
             return false;
         }
+        let rel = bytes_path(rel);
         if self.exclude.is_match(rel) {
             return false;
         }

@@ -194,7 +194,7 @@ fn count_local(syncer: &Syncer, dir: &RemotePath) -> Result<u64, String> {
         for (name, e) in syncer.mirror.list_dir(Some(&d)).map_err(|e| e.to_string())? {
             n += 1;
             if e.kind == LocalKind::Dir {
-                if let Ok(p) = RemotePath::parse(&format!("{}/{name}", d.as_str())) {
+                if let Ok(p) = RemotePath::child(Some(&d), &name, true) {
                     stack.push(p);
                 }
             }
@@ -203,12 +203,8 @@ fn count_local(syncer: &Syncer, dir: &RemotePath) -> Result<u64, String> {
     Ok(n)
 }
 
-fn child(parent: Option<&RemotePath>, name: &str, is_dir: bool) -> Option<RemotePath> {
-    let rel = match parent {
-        Some(p) => format!("{}/{name}", p.as_str()),
-        None => name.to_owned(),
-    };
-    RemotePath::parse(&rel).ok().map(|p| p.with_dir(is_dir))
+fn child(parent: Option<&RemotePath>, name: &[u8], is_dir: bool) -> Option<RemotePath> {
+    RemotePath::child(parent, name, is_dir).ok()
 }
 
 /// Compares one directory; returns the plan part and the subdirectories to descend into.
@@ -216,20 +212,18 @@ fn diff_dir(
     syncer: &Syncer,
     dir: Option<&RemotePath>,
     remote: Vec<crate::remote::RemoteDirEntry>,
-    local: Vec<(String, LocalEntry)>,
+    local: Vec<(Vec<u8>, LocalEntry)>,
     deletes: bool,
 ) -> Result<(Plan, Vec<RemotePath>), String> {
     let mut plan = Plan::default();
     let mut descend = Vec::new();
-    let mut local: HashMap<String, LocalEntry> = local.into_iter().collect();
-    let shown = dir.map_or("", |d| d.as_str());
+    let mut local: HashMap<Vec<u8>, LocalEntry> = local.into_iter().collect();
     for r in remote {
-        let Some(name) = r.utf8_name(shown) else { continue };
-        let Some(path) = child(dir, name, r.entry.kind == RemoteKind::Dir) else {
+        let Some(path) = child(dir, &r.name, r.entry.kind == RemoteKind::Dir) else {
             // A name we cannot represent safely (e.g. ".sftp-mirror" at the root): not mirrored.
             continue;
         };
-        let here = local.remove(name);
+        let here = local.remove(&r.name);
         if !syncer.filter.allows(&path) {
             continue;
         }
@@ -257,7 +251,7 @@ fn diff_dir(
                     Some(l) if l.kind == LocalKind::Dir => plan.unchanged += 1,
                     other => plan.ops.push(Op::MakeDir { path: path.clone(), local: other.map(|l| l.kind) }),
                 }
-                if path.as_str().split('/').count() < MAX_DEPTH {
+                if path.depth() < MAX_DEPTH {
                     descend.push(path);
                 } else {
                     tracing::warn!(path = %path, "deeper than {MAX_DEPTH} levels; its content is not mirrored");
@@ -296,7 +290,7 @@ pub async fn plan(syncer: &Arc<Syncer>, opts: Options, progress: &dyn Progress) 
             let Some(dir) = todo.pop() else { break };
             let s = syncer.clone();
             running.push(async move {
-                let rel = dir.as_ref().map_or("", |d| d.as_str()).to_owned();
+                let rel = dir.as_ref().map_or(&[][..], |d| d.as_bytes()).to_owned();
                 let rpath = s.remote.path_of(&rel);
                 let remote = s
                     .remote

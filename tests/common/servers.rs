@@ -30,6 +30,12 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Whether the server lists file names as the bytes on disk (rclone
+    /// re-encodes names that are not UTF-8; a bucket's keys are UTF-8).
+    pub fn passes_raw_names(self) -> bool {
+        matches!(self, Kind::OpenSsh | Kind::ProFtpd | Kind::AsyncSsh)
+    }
+
     /// Whether the server keeps empty directories (a bucket has only prefixes).
     pub fn keeps_empty_dirs(self) -> bool {
         self != Kind::RcloneMemory
