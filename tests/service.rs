@@ -319,6 +319,39 @@ fn a_client_sending_headers_a_byte_a_second_is_cut_off_while_others_are_served()
 }
 
 #[test]
+fn silent_connections_are_closed_from_accept_and_a_full_house_does_not_lock_out_a_signed_post() {
+    let env = Env::new();
+    env.put("ok.txt", b"ok");
+    let d = env.serve(&Opts { extra_webhook: "header_timeout = \"2s\"".into(), ..Default::default() });
+    // More silent connections than the daemon serves at once; some send only
+    // the start of the HTTP/2 preface, which the protocol detection waits on.
+    let mut silent = Vec::new();
+    for i in 0..530 {
+        let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+        if i % 10 == 0 {
+            s.write_all(b"PRI * HTTP/2.0\r\n").unwrap();
+        }
+        silent.push(s);
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SFTP To Go expects an answer within a few seconds; the full house makes room.
+    let start = Instant::now();
+    assert_eq!(d.send(&event("full-house", "file.created", "ok.txt")).status, 204);
+    let took = start.elapsed();
+    assert!(took < Duration::from_secs(4), "a signed POST waited {took:?} behind silent connections");
+    // Every silent connection is closed, within a bound of header_timeout from accept.
+    for mut s in silent {
+        s.set_read_timeout(Some(Duration::from_secs(8))).unwrap();
+        let mut buf = [0u8; 64];
+        match s.read(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+            Err(e) => panic!("a silent connection was still open after 8 s more: {e}"),
+        }
+    }
+}
+
+#[test]
 fn the_start_up_reconcile_runs_and_healthz_reports_it() {
     let env = Env::new();
     env.put("found/by/reconcile.txt", b"no event announced me");
