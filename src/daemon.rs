@@ -68,6 +68,9 @@ pub struct Running {
     pub admin_addr: Option<SocketAddr>,
     /// The TLS configuration, when the webhook serves HTTPS.
     pub tls: Option<TlsState>,
+    /// Set when the SFTP server refused our host-key check or login: the
+    /// daemon stops with it (exit 4).
+    pub fatal: Arc<std::sync::Mutex<Option<crate::remote::RemoteError>>>,
 }
 
 impl Running {
@@ -141,16 +144,6 @@ pub async fn start(
     let journal = Journal::open_with(&settings.journal.path, settings.journal.max_attempts)
         .map_err(|source| ServeError::Journal { path: journal_path.clone(), source })?;
     let syncer = Arc::new(syncer(settings)?);
-
-    // A refused host key or login will not heal by itself: stop now with a clear
-    // error. An unreachable server may: accept and journal events meanwhile.
-    match syncer.remote.conn().await {
-        Ok(_) => tracing::info!(host = %settings.sftp.host, "connected to the SFTP server"),
-        Err(e) if e.is_access_error() => return Err(ServeError::Access(e)),
-        Err(e) => {
-            tracing::warn!("SFTP server not reachable yet (events are journaled meanwhile): {e}")
-        }
-    }
 
     let wake = Arc::new(Notify::new());
     let wh = &settings.webhook;
@@ -245,8 +238,23 @@ pub async fn start(
             Some(bound)
         }
     };
+    // Listening first, connecting alongside: an unreachable or silent SFTP server
+    // must not keep the webhook port closed (events are journaled meanwhile).
+    // A refused host key or login will not heal by itself: it stops the daemon.
+    let fatal = Arc::new(std::sync::Mutex::new(None));
+    let (s, f, stop, host) = (syncer.clone(), fatal.clone(), shutdown.clone(), settings.sftp.host.clone());
+    tasks.spawn(async move {
+        match s.remote.conn().await {
+            Ok(_) => tracing::info!(host = %host, "connected to the SFTP server"),
+            Err(e) if e.is_access_error() => {
+                *f.lock().expect("not poisoned") = Some(e);
+                stop.cancel();
+            }
+            Err(e) => tracing::warn!("SFTP server not reachable yet (events are journaled meanwhile): {e}"),
+        }
+    });
     let handle = tokio::spawn(async move { while tasks.join_next().await.is_some() {} });
-    Ok((Running { webhook_addr, intake, syncer, journal, last_reconcile, admin_addr, tls }, handle))
+    Ok((Running { webhook_addr, intake, syncer, journal, last_reconcile, admin_addr, tls, fatal }, handle))
 }
 
 /// One reconcile pass inside the daemon, logged with its summary.
@@ -315,6 +323,9 @@ pub async fn serve(
     notify(&[sd_notify::NotifyState::Stopping]);
     shutdown.cancel();
     let _ = handle.await;
+    if let Some(e) = running.fatal.lock().expect("not poisoned").take() {
+        return Err(ServeError::Access(e));
+    }
     tracing::info!("stopped");
     Ok(())
 }

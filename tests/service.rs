@@ -352,6 +352,51 @@ fn silent_connections_are_closed_from_accept_and_a_full_house_does_not_lock_out_
 }
 
 #[test]
+fn the_webhook_listens_at_once_while_the_sftp_server_is_silent_and_a_wrong_host_key_still_exits_4() {
+    let env = Env::new();
+    // Accepts TCP (the kernel does) and never says a word.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let cfg = env.config(&Opts::default());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("port = {}", env.sshd.port()), &format!("port = {}", silent.local_addr().unwrap().port()));
+    std::fs::write(&cfg, text).unwrap();
+    let start = Instant::now();
+    let d = Daemon::start(&cfg);
+    let took = start.elapsed();
+    // sftp.timeout is 10 s in these configs: listening must not wait for it.
+    assert!(took < Duration::from_secs(5), "the webhook port opened after {took:?}");
+    assert_eq!(d.send(&event("while-silent", "file.created", "later.txt")).status, 204);
+    let rows = journal_rows(&cfg, &[]);
+    assert!(rows.iter().any(|r| r["id"] == "while-silent"), "journaled while SFTP is down: {rows:?}");
+    drop(d);
+
+    // A wrong host key is not something to wait out: serve stops with exit 4.
+    let wrong = "SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s";
+    let auth = format!("private_key = {:?}\nhost_key_fingerprint = {wrong:?}", env.sshd.client_key_path());
+    let cfg = env.config(&Opts { sftp_auth: Some(auth), ..Default::default() });
+    let mut child = Command::new(bin())
+        .arg("--config")
+        .arg(&cfg)
+        .arg("serve")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "serve kept running with a wrong host key");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::io::read_to_string(child.stderr.take().unwrap()).unwrap();
+    assert_eq!(status.code(), Some(4), "{err}");
+    assert!(err.contains("HOST KEY MISMATCH"), "{err}");
+}
+
+#[test]
 fn the_start_up_reconcile_runs_and_healthz_reports_it() {
     let env = Env::new();
     env.put("found/by/reconcile.txt", b"no event announced me");
