@@ -223,42 +223,54 @@ struct GroupSync {
 struct SyncState {
     /// Tickets handed out.
     requested: u64,
-    /// Every ticket up to this one is durable.
+    /// Every ticket up to this one has its round's result in `results`.
     completed: u64,
     running: bool,
-    /// The last failed round: (covered tickets up to, error).
-    failed: Option<(u64, String)>,
+    /// Each finished ticket's own round result (an error message), taken by
+    /// its waiter: a later round's success never answers for a failed one.
+    results: std::collections::HashMap<u64, Option<String>>,
     /// Directories (mirror-relative, "." for the root) waiting for their fsync.
     dirs: std::collections::BTreeSet<PathBuf>,
 }
 
 impl GroupSync {
-    /// Returns once directory `dir` of the mirror at `base` (and every entry
-    /// renamed into or removed from it before the call) is on disk.
-    fn sync_dir(&self, base: &Path, dir: &Path) -> io::Result<()> {
+    /// Returns once directory `dir` of the mirror `root` (and every entry
+    /// renamed into or removed from it before the call) is on disk. The
+    /// directory is opened through `root` (cap-std: never outside the mirror,
+    /// and as a directory), so a symlink planted in its place to a FIFO outside
+    /// is an error, never a wait on something outside.
+    fn sync_dir(&self, root: &Dir, dir: &Path) -> io::Result<()> {
         let mut s = self.state.lock().expect("not poisoned");
         s.dirs.insert(dir.to_owned());
         s.requested += 1;
         let ticket = s.requested;
         loop {
-            if s.completed >= ticket {
-                return match &s.failed {
-                    Some((upto, e)) if *upto >= ticket && s.completed == *upto => Err(io::Error::other(e.clone())),
-                    _ => Ok(()),
-                };
+            if let Some(r) = s.results.remove(&ticket) {
+                return r.map_or(Ok(()), |e| Err(io::Error::other(e)));
             }
             if !s.running {
                 // Lead a round: it covers every ticket handed out before it starts.
                 s.running = true;
-                let target = s.requested;
+                let (from, target) = (s.completed + 1, s.requested);
                 let dirs = std::mem::take(&mut s.dirs);
                 drop(s);
-                // Opening by path only to fsync: nothing is read or written through it.
-                let r = dirs.iter().try_for_each(|d| std::fs::File::open(base.join(d))?.sync_all());
+                let r = dirs.iter().try_for_each(|d| {
+                    let dir = if d == Path::new(".") { root.try_clone()? } else { root.open_dir(d)? };
+                    // cap-std's handle may be O_PATH, which cannot be fsynced: reopen it.
+                    use rustix::fs::{Mode, OFlags};
+                    let fd = rustix::fs::openat(
+                        &dir,
+                        ".",
+                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                        Mode::empty(),
+                    )?;
+                    rustix::fs::fsync(&fd).map_err(io::Error::from)
+                });
                 s = self.state.lock().expect("not poisoned");
                 s.running = false;
                 s.completed = target;
-                s.failed = r.err().map(|e| (target, e.to_string()));
+                let r = r.err().map(|e| e.to_string());
+                s.results.extend((from..=target).map(|t| (t, r.clone())));
                 self.done.notify_all();
                 continue;
             }
@@ -511,7 +523,7 @@ impl Mirror {
         let created = self.ensure_dir_at(r)?;
         if let Some(first) = first.or(created.then_some(r)) {
             for p in ancestors(r).chain([r]).filter(|p| p.as_os_str().len() >= first.as_os_str().len()) {
-                self.group.sync_dir(&self.path, parent_of(p)).map_err(err("sync directory", p))?;
+                self.group.sync_dir(&self.root, parent_of(p)).map_err(err("sync directory", p))?;
             }
         }
         Ok(created)
@@ -565,10 +577,10 @@ impl Mirror {
             // New directories: the chain below the first one created is flushed
             // by each child's own directory fsync; the first one needs its parent.
             for prefix in ancestors(r).filter(|p| p.as_os_str().len() >= c.as_os_str().len()) {
-                self.group.sync_dir(&self.path, parent_of(prefix)).map_err(err("sync directory", prefix))?;
+                self.group.sync_dir(&self.root, parent_of(prefix)).map_err(err("sync directory", prefix))?;
             }
         }
-        self.group.sync_dir(&self.path, parent_of(r)).map_err(err("sync rename of", r))
+        self.group.sync_dir(&self.root, parent_of(r)).map_err(err("sync rename of", r))
     }
 
     /// Removes `rel` (a file, a symlink, or a whole directory tree, never
@@ -587,7 +599,7 @@ impl Mirror {
         }
         .or_else(|e| if gone(&e) { Ok(()) } else { Err(e) })
         .map_err(err("remove", r))?;
-        self.group.sync_dir(&self.path, parent_of(r)).map_err(err("sync removal of", r))?;
+        self.group.sync_dir(&self.root, parent_of(r)).map_err(err("sync removal of", r))?;
         Ok(Some(entry.kind))
     }
 
@@ -665,6 +677,7 @@ fn ancestors(rel: &Path) -> impl Iterator<Item = &Path> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
 
     #[test]
     fn a_copy_made_within_a_second_of_its_mtime_is_racy() {
@@ -706,6 +719,49 @@ mod tests {
         assert_eq!(std::fs::read(dir.path().join("x")).unwrap(), b"file again");
         assert_eq!(m.remove(&p("x")).unwrap(), Some(LocalKind::File));
         assert_eq!(m.remove(&p("x")).unwrap(), None);
+    }
+
+    #[test]
+    fn a_directory_swapped_for_a_symlink_to_an_outside_fifo_fails_its_fsync_without_waiting() {
+        let outside = tempfile::tempdir().unwrap();
+        let fifo = outside.path().join("fifo");
+        rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RWXU, 0).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(Mirror::open(dir.path()).unwrap());
+        std::os::unix::fs::symlink(&fifo, dir.path().join("d")).unwrap();
+        // Opening the FIFO for reading would block until a writer comes: run it
+        // on a thread and bound the wait.
+        let (tx, rx) = std::sync::mpsc::channel();
+        let m2 = m.clone();
+        std::thread::spawn(move || tx.send(m2.group.sync_dir(&m2.root, Path::new("d")).is_err()).unwrap());
+        let failed = rx.recv_timeout(Duration::from_secs(5)).expect("the directory fsync blocked on the FIFO");
+        assert!(failed, "a symlink is not a directory of the mirror");
+    }
+
+    #[test]
+    fn a_failed_directory_fsync_is_reported_to_its_waiter_even_if_a_later_round_succeeds() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(Mirror::open(dir.path()).unwrap());
+        std::fs::create_dir(dir.path().join("ok")).unwrap();
+        for _ in 0..200 {
+            // Good rounds run around the failing one all the time.
+            let busy = Arc::new(std::sync::atomic::AtomicBool::new(true));
+            let others: Vec<_> = (0..3)
+                .map(|_| {
+                    let (m, busy) = (m.clone(), busy.clone());
+                    std::thread::spawn(move || {
+                        // (Sharing a round with the failing one, they may fail too.)
+                        while busy.load(std::sync::atomic::Ordering::Relaxed) {
+                            let _ = m.group.sync_dir(&m.root, Path::new("ok"));
+                        }
+                    })
+                })
+                .collect();
+            let r = m.group.sync_dir(&m.root, Path::new("missing"));
+            busy.store(false, std::sync::atomic::Ordering::Relaxed);
+            others.into_iter().for_each(|t| t.join().unwrap());
+            assert!(r.is_err(), "the waiter of a failed round was told Ok");
+        }
     }
 
     #[test]
