@@ -577,16 +577,20 @@ fn reader(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Reader, 
         match parse_sftptogo_url(url) {
             Ok(values) => {
                 let sftp = r.tree.entry("sftp".into()).or_default();
+                let explicit = |k: &str| env.contains_key(&format!("{ENV_PREFIX}__SFTP__{}", k.to_ascii_uppercase()));
+                // An explicit credential variable wins over the URL's password.
+                let explicit_login = ["password", "password_file", "private_key"].iter().any(|k| explicit(k));
                 for (k, v) in values {
-                    let explicit = env.contains_key(&format!("{ENV_PREFIX}__SFTP__{}", k.to_ascii_uppercase()));
-                    if !explicit {
-                        sftp.insert(k.into(), Value::new(Some(&"SFTPTOGO_URL".to_string()), v));
-                        if k == "password" {
-                            // The URL's password replaces any other way to log in.
-                            for other in ["password_file", "private_key", "private_key_passphrase"] {
+                    if k == "password" {
+                        // The URL's login replaces the file's (explicit variables stay).
+                        for other in ["password_file", "private_key", "private_key_passphrase"] {
+                            if !explicit(other) {
                                 sftp.remove(other);
                             }
                         }
+                    }
+                    if !explicit(k) && !(k == "password" && explicit_login) {
+                        sftp.insert(k.into(), Value::new(Some(&"SFTPTOGO_URL".to_string()), v));
                     }
                 }
             }
@@ -677,7 +681,8 @@ fn validate(r: &mut Reader, opts: LoadOptions) -> Option<Settings> {
             if f.is_empty() {
                 r.problems.push("sftp.host_key_fingerprint: empty list".into());
             }
-            Some(HostKeyPolicy::Fingerprints(f))
+            // `SHA256:…=` (base64 padding) means the same key as ssh-keygen's unpadded form.
+            Some(HostKeyPolicy::Fingerprints(f.into_iter().map(|p| p.trim_end_matches('=').to_owned()).collect()))
         }
         (None, None) => {
             r.problems.push(
@@ -888,6 +893,29 @@ mod tests {
         let e = env(&[("SFTPTOGO_URL", "sftp://u:pw@h")]);
         let s = Settings::load_from(Some(&f.minimal()), &e).unwrap();
         assert_eq!(s.sftp.username, "u");
+        // An explicit key variable wins over the URL's password (it used to be removed).
+        let key = f.dir.path().join("id");
+        std::fs::write(&key, "key").unwrap();
+        let e = env(&[("SFTPTOGO_URL", "sftp://u:pw@h"), ("SFTP_MIRROR__SFTP__PRIVATE_KEY", key.to_str().unwrap())]);
+        let s = Settings::load_from(Some(&f.minimal()), &e).unwrap();
+        assert!(matches!(&s.sftp.auth, SftpAuth::PrivateKey { path, .. } if *path == key), "{:?}", s.sftp.auth);
+    }
+
+    #[test]
+    fn a_padded_fingerprint_matches_the_unpadded_one() {
+        let f = Fixture::new();
+        let text = std::fs::read_to_string(f.minimal()).unwrap().replace(
+            "known_hosts = ",
+            "host_key_fingerprint = \"SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s=\"\n#",
+        );
+        let p = f.dir.path().join("padded.toml");
+        std::fs::write(&p, text).unwrap();
+        let s = Settings::load_from(Some(&p), &env(&[])).unwrap();
+        assert!(
+            matches!(&s.sftp.host_keys, HostKeyPolicy::Fingerprints(f) if f == &["SHA256:uNiVztksCsDhcc0u9e8BujQXVUpKZIDTMczCvj3tD2s"]),
+            "{:?}",
+            s.sftp.host_keys
+        );
     }
 
     #[test]
