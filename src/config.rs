@@ -589,7 +589,8 @@ fn reader(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Reader, 
                             }
                         }
                     }
-                    if !explicit(k) && !(k == "password" && explicit_login) {
+                    let overridden = explicit(k) || (k == "password" && explicit_login);
+                    if !overridden {
                         sftp.insert(k.into(), Value::new(Some(&"SFTPTOGO_URL".to_string()), v));
                     }
                 }
