@@ -286,7 +286,7 @@ pub struct Mirror {
     path: PathBuf,
     group: GroupSync,
     /// The exclusive lock on [`LOCK`], released when the mirror is dropped.
-    _lock: std::fs::File,
+    _lock: Option<std::fs::File>,
 }
 
 impl Mirror {
@@ -309,6 +309,9 @@ impl Mirror {
     }
 
     fn open_as(path: &Path, writer: bool) -> Result<Mirror, MirrorError> {
+        if !writer {
+            return Self::open_for_reading(path);
+        }
         let p = path.display().to_string();
         let root = Self::open_root(path)?;
         // Held open read-only: a file open for writing would keep the filesystem
@@ -317,12 +320,7 @@ impl Mirror {
             drop(root.open_with(LOCK, OpenOptions::new().create(true).truncate(false).write(true)));
         }
         let lock = root.open(LOCK).map_err(err("open", LOCK))?.into_std();
-        let locked = if writer {
-            rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive)
-        } else {
-            Ok(())
-        };
-        if let Err(e) = locked {
+        if let Err(e) = rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
             let e = io::Error::from(e);
             let source = if e.kind() == io::ErrorKind::WouldBlock {
                 io::Error::other(
@@ -333,18 +331,32 @@ impl Mirror {
             };
             return Err(MirrorError { op: "lock", path: p, source });
         }
-        match root.symlink_metadata(STAGING) {
-            _ if !writer => {}
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => root.remove_file(STAGING).map_err(err("clean", STAGING))?,
-            Err(_) => {}
+        if root.symlink_metadata(STAGING).is_ok_and(|m| !m.is_dir()) {
+            root.remove_file(STAGING).map_err(err("clean", STAGING))?;
         }
         root.create_dir_all(STAGING).map_err(err("create", STAGING))?;
         let staging = root.open_dir(STAGING).map_err(err("open", STAGING))?;
-        if writer {
-            clean_staging(&staging).map_err(err("clean", STAGING))?;
-        }
-        Ok(Mirror { root, staging, path: path.to_owned(), group: GroupSync::default(), _lock: lock })
+        clean_staging(&staging).map_err(err("clean", STAGING))?;
+        Ok(Mirror { root, staging, path: path.to_owned(), group: GroupSync::default(), _lock: Some(lock) })
+    }
+
+    /// The read-only open: creates nothing (no folder, lock or staging area);
+    /// a mirror that does not exist yet reads as an empty folder.
+    fn open_for_reading(path: &Path) -> Result<Mirror, MirrorError> {
+        let p = path.display().to_string();
+        let root = match Dir::open_ambient_dir(path, cap_std::ambient_authority()) {
+            Ok(d) => d,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                // Stands in for the mirror to be: a handle on an empty folder of
+                // our own, removed at once (the open handle lists nothing).
+                let empty = tempfile::tempdir().map_err(err("create an empty stand-in for", &p))?;
+                Dir::open_ambient_dir(empty.path(), cap_std::ambient_authority())
+                    .map_err(err("open an empty stand-in for", &p))?
+            }
+            Err(e) => return Err(err("open mirror folder", &p)(e)),
+        };
+        let staging = root.try_clone().map_err(err("open mirror folder", &p))?;
+        Ok(Mirror { root, staging, path: path.to_owned(), group: GroupSync::default(), _lock: None })
     }
 
     /// Free bytes for us in the mirror's file system.

@@ -2,6 +2,7 @@
 
 use crate::common::*;
 use std::path::Path;
+use std::process::Command;
 
 fn json_summary(out: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -76,6 +77,22 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
         "{text}"
     );
     assert_eq!(tree(&env.mirror()), before);
+    // Nothing at all appears on disk, not even our private folder (tree() skips it).
+    assert!(!env.mirror().join(".sftp-mirror").exists(), "a dry run created .sftp-mirror");
+
+    // A mirror that does not exist yet is planned as empty, and still not created.
+    let fresh = env.dir.path().join("not-yet");
+    let cfg = env.config(&Opts::default());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("path = {:?}", env.mirror()), &format!("path = {fresh:?}"));
+    std::fs::write(&cfg, text).unwrap();
+    let out =
+        Command::new(bin()).arg("--config").arg(&cfg).args(["reconcile", "--dry-run", "--json"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(plan["downloaded"], 2, "{plan}");
+    assert!(!fresh.exists(), "a dry run created the mirror folder");
 }
 
 #[test]
