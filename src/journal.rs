@@ -140,6 +140,10 @@ pub struct Job {
     pub path: String,
     /// Applies tried so far.
     pub attempts: u32,
+    /// When the event was received (ms since the epoch).
+    pub received_ms: i64,
+    /// Whether it is a `file.created` (a local copy made before it is stale).
+    pub created: bool,
 }
 
 /// One row as `events` shows it.
@@ -345,7 +349,7 @@ impl Journal {
             let now = now_ms();
             let jobs = {
                 let mut st = c.prepare_cached(
-                    "SELECT seq, event_id, path, attempts FROM events
+                    "SELECT seq, event_id, path, attempts, received_ms, topic FROM events
                      WHERE status = 'pending' AND next_at_ms <= ?1 ORDER BY seq LIMIT ?2",
                 )?;
                 let rows = st.query_map(params![now, limit as i64], |r| {
@@ -354,6 +358,8 @@ impl Journal {
                         event_id: r.get(1)?,
                         path: r.get::<_, Option<String>>(2)?.unwrap_or_default(),
                         attempts: r.get(3)?,
+                        received_ms: r.get(4)?,
+                        created: r.get::<_, String>(5)? == "file.created",
                     })
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?

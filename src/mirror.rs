@@ -98,6 +98,8 @@ pub struct LocalEntry {
     pub mtime: u64,
     /// Status change time (when our copy was put in place), seconds since the epoch.
     pub changed: i64,
+    /// The same in milliseconds.
+    pub changed_ms: i64,
 }
 
 impl LocalEntry {
@@ -664,7 +666,9 @@ fn entry_of(m: &cap_std::fs::Metadata) -> LocalEntry {
         .ok()
         .and_then(|t| t.into_std().duration_since(SystemTime::UNIX_EPOCH).ok())
         .map_or(0, |d| d.as_secs());
-    LocalEntry { kind, size: m.len(), mtime, changed: cap_std::fs::MetadataExt::ctime(m) }
+    use cap_std::fs::MetadataExt;
+    let changed_ms = m.ctime().saturating_mul(1000).saturating_add(m.ctime_nsec() / 1_000_000);
+    LocalEntry { kind, size: m.len(), mtime, changed: m.ctime(), changed_ms }
 }
 
 /// "Not there", including "a component on the way is not a directory" and
@@ -693,7 +697,8 @@ mod tests {
 
     #[test]
     fn a_copy_made_within_a_second_of_its_mtime_is_racy() {
-        let e = |changed| LocalEntry { kind: LocalKind::File, size: 1, mtime: 1_000, changed };
+        let e =
+            |changed| LocalEntry { kind: LocalKind::File, size: 1, mtime: 1_000, changed, changed_ms: changed * 1000 };
         assert!(e(999).is_racy() && e(1_000).is_racy() && e(1_001).is_racy());
         assert!(!e(1_002).is_racy());
     }

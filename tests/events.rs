@@ -199,3 +199,25 @@ fn a_same_size_rewrite_within_the_same_second_is_fetched_on_its_event() {
     assert_eq!(d.send(&event("r2", "file.created", "racy.txt")).status, 204);
     wait_for("the rewritten version", || mirrored() == b"again");
 }
+
+#[test]
+fn an_event_received_after_our_copy_fetches_again_even_with_the_same_size_and_an_old_mtime() {
+    let env = Env::new();
+    // A server that lets clients set mtimes: both versions claim the same old
+    // mtime, so size and mtime cannot tell them apart (and the copy is not racy).
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
+    let put = |data: &[u8]| {
+        env.put("kept.txt", data);
+        std::fs::File::options().write(true).open(env.remote().join("kept.txt")).unwrap().set_modified(old).unwrap();
+    };
+    let mirrored = || std::fs::read(env.mirror().join("kept.txt")).unwrap_or_default();
+    put(b"version one");
+    let d = env.serve(&Opts::default());
+    assert_eq!(d.send(&event("k1", "file.created", "kept.txt")).status, 204);
+    wait_for("the first version", || mirrored() == b"version one");
+    put(b"version two");
+    assert_eq!(d.send(&event("k2", "file.created", "kept.txt")).status, 204);
+    wait_for("the second version, announced only by its event", || mirrored() == b"version two");
+    // A duplicate of that event is answered and changes nothing more.
+    assert_eq!(d.send(&event("k2", "file.created", "kept.txt")).status, 204);
+}

@@ -124,6 +124,17 @@ impl Syncer {
     /// # Errors
     /// As [`Syncer::apply`].
     pub async fn apply_locked(&self, path: &RemotePath) -> Result<Action, ApplyError> {
+        self.apply_event(path, None).await
+    }
+
+    /// [`Syncer::apply_locked`] for events: with `since` (when the latest
+    /// `file.created` for `path` was received, ms), a local copy made before
+    /// then is not trusted as current even with the same size and mtime
+    /// (SPEC §2: an upload can keep both).
+    ///
+    /// # Errors
+    /// As [`Syncer::apply`].
+    pub async fn apply_event(&self, path: &RemotePath, since: Option<i64>) -> Result<Action, ApplyError> {
         if !self.filter.allows(path) {
             return Ok(Action::Skipped("excluded by include/exclude"));
         }
@@ -137,7 +148,10 @@ impl Syncer {
             return Ok(Action::Skipped("a remote ancestor is a symlink"));
         }
         let remote = remote?;
-        let action = self.apply_known(path, remote).await?;
+        let action = match remote {
+            Some(e) if e.kind == RemoteKind::File => self.fetch(&path.with_dir(false), e, since).await?,
+            other => self.apply_known(path, other).await?,
+        };
         if remote.is_some_and(|e| e.kind == RemoteKind::Dir) {
             // An event on a directory may stand for a change of its whole content
             // (removed and re-created, renamed, uploaded as a tree), so the
@@ -218,7 +232,7 @@ impl Syncer {
     /// As [`Syncer::apply`].
     pub async fn apply_known(&self, path: &RemotePath, remote: Option<RemoteEntry>) -> Result<Action, ApplyError> {
         match remote {
-            Some(e) if e.kind == RemoteKind::File => self.fetch(&path.with_dir(false), e).await,
+            Some(e) if e.kind == RemoteKind::File => self.fetch(&path.with_dir(false), e, None).await,
             Some(e) if e.kind == RemoteKind::Dir => {
                 let (m, p) = (self.mirror.clone(), path.with_dir(true));
                 if !self.filter.allows(&p) {
@@ -262,14 +276,18 @@ impl Syncer {
     /// Downloads file `path` described by `entry` unless the mirror already has
     /// the same size and mtime in a copy made after that mtime's second ended
     /// (see [`LocalEntry::is_racy`](crate::mirror::LocalEntry::is_racy)).
-    async fn fetch(&self, path: &RemotePath, mut entry: RemoteEntry) -> Result<Action, ApplyError> {
+    async fn fetch(&self, path: &RemotePath, mut entry: RemoteEntry, since: Option<i64>) -> Result<Action, ApplyError> {
         if !self.filter.allows(path) {
             return Ok(Action::Skipped("excluded by include/exclude"));
         }
         let (m, p) = (self.mirror.clone(), path.clone());
         let local = blocking(move || m.stat(&p)).await?;
         if local.is_some_and(|l| {
-            l.kind == LocalKind::File && l.size == entry.size && l.mtime == entry.mtime && !l.is_racy()
+            l.kind == LocalKind::File
+                && l.size == entry.size
+                && l.mtime == entry.mtime
+                && !l.is_racy()
+                && since.is_none_or(|t| l.changed_ms > t)
         }) {
             return Ok(Action::Unchanged);
         }

@@ -83,6 +83,8 @@ pub async fn run(
             };
             let (job, path) = queue.remove(i).expect("index checked");
             let mut seqs = vec![job.seq];
+            // SPEC §2: a copy made before a `file.created` was received may be stale.
+            let mut since = job.created.then_some(job.received_ms);
             // Fold in the later rows for the same path, up to the first row on an
             // overlapping but different path (whose order relative to them matters);
             // rows on unrelated paths in between do not matter.
@@ -90,6 +92,9 @@ pub async fn run(
             while let Some((next, p)) = queue.get(j) {
                 if p == &path {
                     seqs.push(next.seq);
+                    if next.created {
+                        since = since.max(Some(next.received_ms));
+                    }
                     queue.remove(j);
                 } else if p.overlaps(&path) {
                     break;
@@ -102,7 +107,7 @@ pub async fn run(
             let span = tracing::info_span!("apply", event = %job.event_id, path = %path);
             tasks.spawn(tracing::Instrument::instrument(
                 async move {
-                    let result = syncer.apply_locked(&path).await;
+                    let result = syncer.apply_event(&path, since).await;
                     syncer.count("event", &result);
                     let result = result.map_err(|e| e.to_string());
                     drop(guard);
