@@ -58,7 +58,15 @@ pub enum JournalError {
     /// The journal thread has stopped.
     #[error("journal is closed")]
     Closed,
+    /// More requests are queued than the journal takes (a stalled disk):
+    /// answered at once instead of waiting behind them.
+    #[error("journal is busy: {QUEUE_BOUND} requests are waiting for the disk")]
+    Busy,
 }
+
+/// Requests queued for the journal thread at most. Intake is refused (`503`,
+/// which SFTP To Go retries) past it; other callers wait for room.
+pub const QUEUE_BOUND: usize = 4096;
 
 /// Where a row is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -177,7 +185,7 @@ type Request = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
 /// last handle is dropped.
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::Sender<Request>,
+    tx: mpsc::SyncSender<Request>,
     max_attempts: u32,
 }
 
@@ -261,7 +269,7 @@ impl Journal {
                 params![now_ms()],
             )?;
         }
-        let (tx, rx) = mpsc::channel::<Request>();
+        let (tx, rx) = mpsc::sync_channel::<Request>(QUEUE_BOUND);
         let (sync_tx, sync_rx) = mpsc::channel::<Vec<Reply>>();
         let thread_err = |source| JournalError::Io { path: "journal thread".into(), source };
         std::thread::Builder::new()
@@ -273,14 +281,16 @@ impl Journal {
     }
 
     /// Runs `f` inside the next group transaction and returns its result once
-    /// the transaction is durable.
-    async fn call<T, F>(&self, f: F) -> Result<T, JournalError>
+    /// the transaction is durable. With a full queue, `wait` says whether to
+    /// wait for room (the daemon's own bookkeeping) or fail at once with
+    /// [`JournalError::Busy`] (intake: a `503` now beats one after a stalled disk).
+    async fn submit<T, F>(&self, wait: bool, f: F) -> Result<T, JournalError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, JournalError>>();
-        let req: Request = Box::new(move |conn| {
+        let mut req: Request = Box::new(move |conn| {
             let r = f(conn);
             let ok = r.is_ok();
             let reply: Reply = Box::new(move |commit: Result<(), String>| {
@@ -292,8 +302,27 @@ impl Journal {
             });
             (ok, reply)
         });
-        self.tx.send(req).map_err(|_| JournalError::Closed)?;
+        loop {
+            match self.tx.try_send(req) {
+                Ok(()) => break,
+                Err(mpsc::TrySendError::Disconnected(_)) => return Err(JournalError::Closed),
+                Err(mpsc::TrySendError::Full(_)) if !wait => return Err(JournalError::Busy),
+                Err(mpsc::TrySendError::Full(back)) => {
+                    req = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+        }
         rx.await.map_err(|_| JournalError::Closed)?
+    }
+
+    /// [`Journal::submit`], waiting for room.
+    async fn call<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.submit(true, f).await
     }
 
     /// Records an accepted event (dedup by id). Returns once it is durable.
@@ -301,7 +330,7 @@ impl Journal {
     /// # Errors
     /// [`JournalError`] when it could not be committed (answer `503`).
     pub async fn record(&self, ev: NewEvent) -> Result<Recorded, JournalError> {
-        self.call(move |c| {
+        self.submit(false, move |c| {
             let now = now_ms();
             // Cached statements: parsing the SQL text was the journal thread's
             // largest cost at intake rates (perf).
@@ -735,6 +764,34 @@ mod tests {
         drop(j);
         let j = Journal::open(&db).unwrap();
         assert_eq!(j.counts().await.unwrap(), vec![(Status::Pending, 500)]);
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_refuses_intake_at_once_and_loses_nothing_queued() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("journal.db")).unwrap();
+        // A stalled disk: the journal thread is stuck inside a transaction.
+        let (unstall, stalled) = mpsc::channel::<()>();
+        let stuck = {
+            let j = j.clone();
+            tokio::spawn(async move { j.call(move |_| Ok(stalled.recv().ok())).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let queued: Vec<_> = (0..QUEUE_BOUND)
+            .map(|i| {
+                let j = j.clone();
+                tokio::spawn(async move { j.record(ev(&format!("q{i}"), "f")).await })
+            })
+            .collect();
+        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        let over = tokio::time::timeout(std::time::Duration::from_secs(1), j.record(ev("over", "f"))).await;
+        assert!(matches!(over, Ok(Err(JournalError::Busy))), "{over:?}");
+        unstall.send(()).unwrap();
+        stuck.await.unwrap().unwrap();
+        for t in queued {
+            assert_eq!(t.await.unwrap().unwrap(), Recorded::Queued);
+        }
+        assert_eq!(j.counts().await.unwrap(), vec![(Status::Pending, QUEUE_BOUND as u64)]);
     }
 
     #[tokio::test]
