@@ -397,6 +397,54 @@ fn the_webhook_listens_at_once_while_the_sftp_server_is_silent_and_a_wrong_host_
 }
 
 #[test]
+fn a_flood_of_refusals_writes_a_line_a_second_per_kind_and_counts_every_one() {
+    let env = Env::new();
+    let d = env.serve(&Opts { admin: "127.0.0.1:0".into(), ..Default::default() });
+    let admin = d.admin.expect("admin address");
+    let bad = [("X-Hub-Signature", "sha256=0000000000000000000000000000000000000000000000000000000000000000")];
+    let start = Instant::now();
+    const N: usize = 1500;
+    for i in 0..N {
+        let r = request(d.addr, "POST", "/webhook", &bad, format!("{{\"Id\":\"f{i}\"}}").as_bytes());
+        assert_eq!(r.status, 401);
+    }
+    let secs = start.elapsed().as_secs() + 1;
+    let metrics = get(admin, "/metrics").body;
+    assert_eq!(
+        metric(&metrics, "sftp_mirror_webhook_requests_total{topic=\"unknown\",result=\"unauthorized\"}"),
+        N as f64
+    );
+    let lines = d.log().lines().filter(|l| l.contains("webhook refused (401)")).count() as u64;
+    assert!(lines >= 1 && lines <= secs + 1, "{lines} log lines for {N} refusals in {secs} s");
+    // The next line after a quiet second says how many went unlogged.
+    std::thread::sleep(Duration::from_millis(1100));
+    assert_eq!(request(d.addr, "POST", "/webhook", &bad, b"{}").status, 401);
+    wait_for("the summary line", || d.log().contains("more since the last such line"));
+}
+
+#[test]
+fn a_client_that_sends_its_whole_oversized_body_first_reads_413() {
+    let env = Env::new();
+    let d = env.serve(&Opts { max_body: 1 << 20, ..Default::default() });
+    let body = vec![b'x'; 2 << 20];
+    let mut req = format!(
+        "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&body);
+    // Python's http.client does this: write everything, then read.
+    let mut s = std::net::TcpStream::connect(d.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&req).expect("the whole body is taken (no broken pipe)");
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text:?}");
+    wait_for("the 413 log line", || d.log().contains("webhook refused (413)"));
+}
+
+#[test]
 fn the_start_up_reconcile_runs_and_healthz_reports_it() {
     let env = Env::new();
     env.put("found/by/reconcile.txt", b"no event announced me");

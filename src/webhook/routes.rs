@@ -37,6 +37,49 @@ pub struct IntakeStats {
     pub latency_buckets: [AtomicU64; 13],
     /// Sum of request latencies, microseconds.
     pub latency_sum_us: AtomicU64,
+    /// Refusal log lines, at most one per second per kind.
+    refusals: RefusalLog,
+}
+
+/// At most one log line per second per kind of refusal (SPEC §10): a flood of
+/// bad requests must not flood the journal; the counters stay exact.
+#[derive(Debug, Default)]
+struct RefusalLog {
+    /// kind → (when it was last logged, refusals not logged since).
+    last: Mutex<BTreeMap<&'static str, (std::time::Instant, u64)>>,
+}
+
+impl RefusalLog {
+    /// How often one kind may be logged.
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn warn(&self, kind: &'static str, why: &dyn std::fmt::Display) {
+        self.log(kind, false, why);
+    }
+
+    fn error(&self, kind: &'static str, why: &dyn std::fmt::Display) {
+        self.log(kind, true, why);
+    }
+
+    fn log(&self, kind: &'static str, error: bool, why: &dyn std::fmt::Display) {
+        let now = std::time::Instant::now();
+        let mut last = self.last.lock().expect("not poisoned");
+        match last.get_mut(kind) {
+            Some((at, quiet)) if now.duration_since(*at) < Self::EVERY => *quiet += 1,
+            entry => {
+                let quiet = entry.map_or(0, |(_, q)| *q);
+                last.insert(kind, (now, 0));
+                drop(last);
+                let more =
+                    if quiet > 0 { format!(" (and {quiet} more since the last such line)") } else { String::new() };
+                if error {
+                    tracing::error!("webhook not recorded ({kind}): {why}{more}");
+                } else {
+                    tracing::warn!("webhook refused ({kind}): {why}{more}");
+                }
+            }
+        }
+    }
 }
 
 impl IntakeStats {
@@ -96,8 +139,36 @@ fn answer(status: StatusCode, text: &str) -> warp::reply::Response {
     r
 }
 
+/// Bytes of a refused body read and thrown away before answering `413`.
+pub const DRAIN_MAX: u64 = 8 << 20;
+/// How long that may take.
+const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
+
+/// Answers `413` after reading and discarding up to [`DRAIN_MAX`] more of the
+/// body (lingering close, as nginx does): a client that sends its whole body
+/// before it reads (Python's http.client) then sees the 413, not a reset.
+async fn too_large<S, B>(mut body: S) -> warp::reply::Response
+where
+    S: Stream<Item = Result<B, warp::Error>> + Unpin,
+    B: Buf,
+{
+    let drain = async {
+        let mut seen = 0u64;
+        while let Some(Ok(chunk)) = body.next().await {
+            seen += chunk.remaining() as u64;
+            if seen > DRAIN_MAX {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(DRAIN_DEADLINE, drain).await;
+    let mut r = answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+    r.headers_mut().insert("connection", warp::http::HeaderValue::from_static("close"));
+    r
+}
+
 /// Reads the body, refusing it as soon as it exceeds `max` (chunked bodies included).
-async fn read_limited<S, B>(mut body: S, max: u64) -> Result<Option<BytesMut>, String>
+async fn read_limited<S, B>(body: &mut S, max: u64) -> Result<Option<BytesMut>, String>
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
@@ -139,11 +210,13 @@ where
     }
     let stats = &intake.stats;
     let declared = headers.get("content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > intake.max_body) {
+    let mut body = Box::pin(body);
+    if let Some(n) = declared.filter(|n| *n > intake.max_body) {
         stats.count("unknown", "too_large");
-        return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+        stats.refusals.warn("413", &format_args!("declared body of {n} bytes > webhook.max_body {}", intake.max_body));
+        return too_large(body).await;
     }
-    let body = match tokio::time::timeout(BODY_DEADLINE, read_limited(Box::pin(body), intake.max_body)).await {
+    let body = match tokio::time::timeout(BODY_DEADLINE, read_limited(&mut body, intake.max_body)).await {
         Err(_) => return answer(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
         Ok(Err(e)) => {
             stats.count("unknown", "bad_request");
@@ -151,7 +224,8 @@ where
         }
         Ok(Ok(None)) => {
             stats.count("unknown", "too_large");
-            return answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
+            stats.refusals.warn("413", &format_args!("body over webhook.max_body {}", intake.max_body));
+            return too_large(body).await;
         }
         Ok(Ok(Some(b))) => b.freeze(),
     };
@@ -169,7 +243,7 @@ where
         Ok(v) => v,
         Err(e) => {
             stats.count("unknown", "unauthorized");
-            tracing::warn!("webhook refused (401): {e}");
+            stats.refusals.warn("401", &e);
             return answer(StatusCode::UNAUTHORIZED, &e.to_string());
         }
     };
@@ -177,7 +251,7 @@ where
         Ok(e) => e,
         Err(e) => {
             stats.count("unknown", "bad_request");
-            tracing::warn!("webhook refused (400): {e}");
+            stats.refusals.warn("400", &e);
             return answer(StatusCode::BAD_REQUEST, &e.to_string());
         }
     };
@@ -209,12 +283,12 @@ where
         }
         Ok(Err(e)) => {
             stats.count(event.topic.as_str(), "unavailable");
-            tracing::error!(event = %event.id, "webhook not recorded (503): {e}");
+            stats.refusals.error("503", &format_args!("event {}: {e}", event.id));
             answer(StatusCode::SERVICE_UNAVAILABLE, "journal unavailable, retry later")
         }
         Err(_) => {
             stats.count(event.topic.as_str(), "unavailable");
-            tracing::error!("webhook not recorded (503): journal commit took longer than {JOURNAL_DEADLINE:?}");
+            stats.refusals.error("503", &format_args!("journal commit took longer than {JOURNAL_DEADLINE:?}"));
             answer(StatusCode::SERVICE_UNAVAILABLE, "journal too slow, retry later")
         }
     }
