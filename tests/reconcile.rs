@@ -116,6 +116,55 @@ fn delete_guard_refuses_then_force_proceeds() {
 }
 
 #[test]
+fn directories_replaced_by_files_count_as_deletions_for_the_guard_no_delete_and_the_summary() {
+    let env = Env::new();
+    for d in ["photos", "docs", "music"] {
+        for i in 0..100 {
+            let p = env.mirror().join(format!("{d}/f{i:03}"));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, b"precious").unwrap();
+        }
+        env.put(d, b"x"); // the remote now has a 1-byte file where the directory was
+    }
+    let before = tree(&env.mirror());
+    let json = |out: &std::process::Output| -> serde_json::Value {
+        serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null)
+    };
+    // The guard counts the 303 entries the replacements remove.
+    let out = env.run(&Opts::default(), &["reconcile"]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to delete 303 of 303"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(tree(&env.mirror()), before);
+    // --no-delete and mirror.delete = false keep the directories.
+    let out = env.run(&Opts::default(), &["reconcile", "--no-delete", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(json(&out)["deleted"], 0);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("kept"), "a warning per kept entry");
+    assert_eq!(tree(&env.mirror()), before);
+    let out = env.run(&Opts { delete: false, ..Default::default() }, &["reconcile", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(tree(&env.mirror()), before);
+    // An event with mirror.delete = false keeps the directory too.
+    let d = env.serve(&Opts { delete: false, ..Default::default() });
+    assert_eq!(d.send(&event("replace-1", "file.created", "photos")).status, 204);
+    wait_for("the event's outcome", || d.log().contains("kept: the remote has a file here"));
+    assert_eq!(tree(&env.mirror()), before);
+    drop(d);
+    // The plan says what would go, and --force does it, counted.
+    let out = env.run(&Opts::default(), &["reconcile", "--dry-run", "--force", "--json"]);
+    assert_eq!(json(&out)["deleted"], 303, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(tree(&env.mirror()), before);
+    let out = env.run(&Opts::default(), &["reconcile", "--force", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!((json(&out)["deleted"].as_u64(), json(&out)["downloaded"].as_u64()), (Some(303), Some(3)));
+    assert_eq!(std::fs::read(env.mirror().join("photos")).unwrap(), b"x");
+}
+
+#[test]
 fn no_delete_and_delete_false_remove_nothing() {
     let env = Env::new();
     env.put("r.txt", b"r");

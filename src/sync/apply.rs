@@ -238,6 +238,13 @@ impl Syncer {
                 if !self.filter.allows(&p) {
                     return Ok(Action::Skipped("excluded by include/exclude"));
                 }
+                if !self.delete {
+                    let (m, p) = (m.clone(), p.clone());
+                    if blocking(move || m.stat(&p)).await?.is_some_and(|l| l.kind != LocalKind::Dir) {
+                        tracing::warn!(path = %path, "kept: the remote has a directory here; replacing the local entry is a deletion and mirror.delete = false");
+                        return Ok(Action::KeptNoDelete);
+                    }
+                }
                 if blocking(move || m.make_dir(&p)).await? {
                     self.stats.dirs.fetch_add(1, Ordering::Relaxed);
                     Ok(Action::MadeDir)
@@ -282,6 +289,10 @@ impl Syncer {
         }
         let (m, p) = (self.mirror.clone(), path.clone());
         let local = blocking(move || m.stat(&p)).await?;
+        if !self.delete && local.is_some_and(|l| l.kind != LocalKind::File) {
+            tracing::warn!(path = %path, "kept: the remote has a file here; replacing the local entry is a deletion and mirror.delete = false");
+            return Ok(Action::KeptNoDelete);
+        }
         if local.is_some_and(|l| {
             l.kind == LocalKind::File
                 && l.size == entry.size

@@ -52,6 +52,9 @@ pub enum Op {
         entry: RemoteEntry,
         /// What is there locally now, if anything.
         local: Option<LocalKind>,
+        /// Local entries the replacement removes (a directory with its
+        /// contents, a symlink); 0 for a new file or an update.
+        replaces: u64,
     },
     /// Create a directory (replacing a local file/symlink if any).
     MakeDir {
@@ -59,6 +62,8 @@ pub enum Op {
         path: RemotePath,
         /// What is there locally now, if anything.
         local: Option<LocalKind>,
+        /// Local entries the replacement removes (the file or symlink in the way).
+        replaces: u64,
     },
     /// Remove a local entry the remote does not have.
     Delete {
@@ -79,22 +84,30 @@ impl Op {
         }
     }
 
+    /// Local entries the operation removes.
+    pub fn removes(&self) -> u64 {
+        match self {
+            Op::Download { replaces, .. } | Op::MakeDir { replaces, .. } => *replaces,
+            Op::Delete { entries, .. } => *entries,
+        }
+    }
+
     /// A one-line, human description.
     pub fn describe(&self) -> String {
         let was = |l: &Option<LocalKind>| match l {
             None => String::new(),
             Some(LocalKind::File) => " (replacing a local file)".into(),
-            Some(LocalKind::Dir) => " (replacing a local directory)".into(),
+            Some(LocalKind::Dir) => format!(" (replacing a local directory: {} entries deleted)", self.removes()),
             Some(LocalKind::Symlink) => " (replacing a local symlink)".into(),
             Some(LocalKind::Other) => " (replacing a local special file)".into(),
         };
         match self {
-            Op::Download { path, entry, local } => {
+            Op::Download { path, entry, local, .. } => {
                 let verb = if *local == Some(LocalKind::File) { "update  " } else { "download" };
                 let was = if *local == Some(LocalKind::File) { String::new() } else { was(local) };
                 format!("{verb} {path} ({} bytes){was}", entry.size)
             }
-            Op::MakeDir { path, local } => format!("mkdir    {path}/{}", was(local)),
+            Op::MakeDir { path, local, .. } => format!("mkdir    {path}/{}", was(local)),
             Op::Delete { path, local, entries } => match local {
                 LocalKind::Dir => format!("delete   {path}/ ({entries} entries)"),
                 _ => format!("delete   {path}"),
@@ -117,9 +130,9 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Entries the plan would remove.
+    /// Entries the plan would remove, replacements included.
     pub fn deletions(&self) -> u64 {
-        self.ops.iter().map(|o| if let Op::Delete { entries, .. } = o { *entries } else { 0 }).sum()
+        self.ops.iter().map(Op::removes).sum()
     }
 }
 
@@ -207,6 +220,16 @@ fn child(parent: Option<&RemotePath>, name: &[u8], is_dir: bool) -> Option<Remot
     RemotePath::child(parent, name, is_dir).ok()
 }
 
+/// A replacement that would remove local entries, with deletions off: the
+/// local entry stays and the remote one is not mirrored.
+fn kept(path: &RemotePath, entries: u64) {
+    tracing::warn!(
+        path = %path,
+        entries,
+        "kept: the remote has another kind of entry here, and replacing the local one deletes {entries} entries (deletions are off)"
+    );
+}
+
 /// Compares one directory; returns the plan part and the subdirectories to descend into.
 fn diff_dir(
     syncer: &Syncer,
@@ -236,20 +259,39 @@ fn diff_dir(
                 Some(l) if l.kind == LocalKind::File && l.size == r.entry.size && l.mtime == r.entry.mtime => {
                     plan.unchanged += 1
                 }
+                Some(l) if l.kind == LocalKind::File => {
+                    plan.ops.push(Op::Download { path, entry: r.entry, local: Some(l.kind), replaces: 0 })
+                }
                 Some(l) => {
-                    if l.kind == LocalKind::Dir {
-                        // The directory goes with its contents: count them for the guard.
+                    // The directory goes with its contents: a deletion, for the
+                    // guard and for --no-delete / mirror.delete = false too.
+                    let replaces = if l.kind == LocalKind::Dir {
                         let n = count_local(syncer, &path)?;
                         plan.local_entries += n;
+                        1 + n
+                    } else {
+                        1
+                    };
+                    if deletes {
+                        plan.ops.push(Op::Download { path, entry: r.entry, local: Some(l.kind), replaces });
+                    } else {
+                        kept(&path, replaces);
                     }
-                    plan.ops.push(Op::Download { path, entry: r.entry, local: Some(l.kind) })
                 }
-                None => plan.ops.push(Op::Download { path, entry: r.entry, local: None }),
+                None => plan.ops.push(Op::Download { path, entry: r.entry, local: None, replaces: 0 }),
             },
             RemoteKind::Dir => {
                 match here {
                     Some(l) if l.kind == LocalKind::Dir => plan.unchanged += 1,
-                    other => plan.ops.push(Op::MakeDir { path: path.clone(), local: other.map(|l| l.kind) }),
+                    Some(_) if !deletes => {
+                        kept(&path, 1);
+                        continue;
+                    }
+                    other => plan.ops.push(Op::MakeDir {
+                        path: path.clone(),
+                        local: other.map(|l| l.kind),
+                        replaces: u64::from(other.is_some()),
+                    }),
                 }
                 if path.depth() < MAX_DEPTH {
                     descend.push(path);
@@ -365,8 +407,9 @@ pub async fn run(
                     summary.bytes += entry.size;
                 }
                 Op::MakeDir { .. } => summary.dirs_created += 1,
-                Op::Delete { entries, .. } => summary.deleted += entries,
+                Op::Delete { .. } => {}
             }
+            summary.deleted += op.removes();
         }
         summary.seconds = started.elapsed().as_secs_f64();
         return Ok(summary);
@@ -390,8 +433,12 @@ pub async fn run(
             Ok(Action::Downloaded(n)) => {
                 summary.downloaded += 1;
                 summary.bytes += n;
+                summary.deleted += op.removes();
             }
-            Ok(Action::MadeDir) => summary.dirs_created += 1,
+            Ok(Action::MadeDir) => {
+                summary.dirs_created += 1;
+                summary.deleted += op.removes();
+            }
             Ok(Action::Removed) => summary.deleted += if let Op::Delete { entries, .. } = op { entries } else { 1 },
             Ok(Action::Unchanged | Action::KeptNoDelete | Action::Skipped(_)) => summary.unchanged += 1,
             Err(e) => {
