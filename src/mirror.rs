@@ -619,7 +619,7 @@ impl Mirror {
 
     /// Lists directory `rel` (`None` = the root) without following symlinks;
     /// the root's `.sftp-mirror` is left out. Names are bytes, exactly as on
-    /// disk (UTF-8 or not).
+    /// disk (UTF-8 or not). A directory that is not there lists nothing.
     ///
     /// # Errors
     /// On an I/O error.
@@ -629,8 +629,13 @@ impl Mirror {
         let dir = match rel {
             Some(r) => self.root.open_dir(r.as_path()),
             None => self.root.try_clone(),
-        }
-        .map_err(err("open directory", &shown))?;
+        };
+        let dir = match dir {
+            Ok(d) => d,
+            // Removed by someone else meanwhile: it lists nothing now.
+            Err(e) if gone(&e) => return Ok(Vec::new()),
+            Err(e) => return Err(err("open directory", &shown)(e)),
+        };
         let mut out = Vec::new();
         for ent in dir.entries().map_err(err("list", &shown))? {
             let ent = ent.map_err(err("list", &shown))?;
@@ -779,6 +784,13 @@ mod tests {
             others.into_iter().for_each(|t| t.join().unwrap());
             assert!(r.is_err(), "the waiter of a failed round was told Ok");
         }
+    }
+
+    #[test]
+    fn a_directory_removed_by_someone_else_lists_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Mirror::open(dir.path()).unwrap();
+        assert!(m.list_dir(Some(&p("not/there"))).unwrap().is_empty());
     }
 
     #[test]

@@ -98,3 +98,24 @@ async fn a_refused_listing_stops_reconcile_before_it_changes_anything() {
     assert!(e.mirror().join("local.txt").exists(), "nothing deleted on a partial listing");
     assert!(!e.mirror().join("a/x.txt").exists(), "nothing changed before the plan was complete");
 }
+
+#[tokio::test]
+async fn entries_gone_from_the_remote_between_listing_and_applying_converge_without_failures() {
+    let e = Embedded::start().await;
+    e.put("stay.txt", b"stay");
+    e.put("vanishing.txt", b"listed, then deleted");
+    e.put("gone-dir/inner.txt", b"listed, then deleted with its directory");
+    let s = e.syncer();
+    let remote = e.remote();
+    // Between the plan and its execution the remote loses a file and a directory.
+    let mut on_plan = |plan: &reconcile::Plan| {
+        assert!(plan.ops.len() >= 4, "{:?}", plan.ops);
+        std::fs::remove_file(remote.join("vanishing.txt")).unwrap();
+        std::fs::remove_dir_all(remote.join("gone-dir")).unwrap();
+    };
+    let r = reconcile::run(&s, reconcile::Options::default(), 1.0, 4, &reconcile::Quiet, &mut on_plan).await.unwrap();
+    assert_eq!(r.failed, 0, "gone at apply time is converged, not failed: {r:?}");
+    assert!(e.mirror().join("stay.txt").exists());
+    assert!(!e.mirror().join("vanishing.txt").exists());
+    assert!(!e.mirror().join("gone-dir").exists(), "a directory deleted after listing is not re-created");
+}

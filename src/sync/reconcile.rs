@@ -462,10 +462,17 @@ async fn execute(s: &Syncer, op: &Op) -> Result<Action, ApplyError> {
         let r = {
             let _g = s.locks.lock(op.path()).await;
             match op {
-                Op::Download { path, entry, .. } => s.apply_known(path, Some(*entry)).await,
-                Op::MakeDir { path, .. } => {
-                    s.apply_known(path, Some(RemoteEntry { kind: RemoteKind::Dir, size: 0, mtime: 0 })).await
-                }
+                Op::Download { path, entry, .. } => match s.apply_known(path, Some(*entry)).await {
+                    // Gone since it was listed: what the remote says now is converged too.
+                    Err(ApplyError::Remote(e)) if e.is_not_found() => s.apply_known(path, None).await,
+                    r => r,
+                },
+                // The remote is asked again: a directory removed since it was
+                // listed must not be created.
+                Op::MakeDir { path, .. } => match s.remote.stat(path.as_bytes()).await {
+                    Ok(now) => s.apply_known(path, now).await,
+                    Err(e) => Err(e.into()),
+                },
                 // Deletion is the one destructive act: ask the remote again, now.
                 Op::Delete { path, .. } => s.apply_locked(path).await,
             }
