@@ -179,7 +179,7 @@ pub struct EventRow {
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
 /// A request runs on the journal thread and says whether it succeeded, plus how to answer after commit.
-type Request = Box<dyn FnOnce(&Connection) -> (bool, Reply) + Send>;
+type Request = Box<dyn FnOnce(Option<&Connection>) -> (bool, Reply) + Send>;
 
 /// Handle to the journal thread. Cloning is cheap; the thread stops when the
 /// last handle is dropped.
@@ -290,12 +290,16 @@ impl Journal {
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel::<Result<T, JournalError>>();
+        // Run with `None` when no transaction could be begun: `f` is not run
+        // at all (outside a transaction its writes would stick while its caller
+        // hears it failed) and the reply carries the error.
         let mut req: Request = Box::new(move |conn| {
-            let r = f(conn);
-            let ok = r.is_ok();
+            let r = conn.map(f);
+            let ok = r.as_ref().is_some_and(Result::is_ok);
             let reply: Reply = Box::new(move |commit: Result<(), String>| {
                 let out = match (commit, r) {
-                    (Ok(()), r) => r.map_err(JournalError::from),
+                    (Ok(()), Some(r)) => r.map_err(JournalError::from),
+                    (Ok(()), None) => Err(JournalError::Commit("not run".into())),
                     (Err(e), _) => Err(JournalError::Commit(e)),
                 };
                 let _ = tx.send(out);
@@ -595,7 +599,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Request>, synced: mpsc::Sender<Vec<R
             for req in batch {
                 // A savepoint per request: a failed request rolls back alone.
                 let _ = exec("SAVEPOINT req");
-                let (ok, reply) = req(&conn);
+                let (ok, reply) = req(Some(&conn));
                 if !ok {
                     let _ = exec("ROLLBACK TO req");
                 }
@@ -603,7 +607,7 @@ fn run(conn: Connection, rx: mpsc::Receiver<Request>, synced: mpsc::Sender<Vec<R
                 replies.push(reply);
             }
         } else {
-            replies.extend(batch.into_iter().map(|req| req(&conn).1));
+            replies.extend(batch.into_iter().map(|req| req(None).1));
         }
         let commit = match began {
             Ok(()) => exec("COMMIT").map_err(|e| e.to_string()),

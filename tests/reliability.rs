@@ -648,3 +648,25 @@ fn sustained_load_is_answered_204_within_memory_and_drains_completely() {
         total - half
     );
 }
+
+#[test]
+fn a_broken_journal_does_not_make_the_dispatcher_spin() {
+    let mut env = Env::new();
+    env.put("later.txt", b"waits for the server");
+    let cfg = env.config(&Opts::default());
+    let d = Daemon::start(&cfg);
+    // A row in backoff: the SFTP server is gone, so its apply fails.
+    env.sshd.stop();
+    assert_eq!(d.send(&event_json("spin-1", "file.created", "later.txt")).status, 204);
+    wait_failed_attempt(&cfg, "spin-1");
+    // Then the journal breaks: with its WAL gone, every request fails at once.
+    std::fs::remove_file(env.journal().with_extension("db-wal")).unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let errors = d.log().lines().filter(|l| l.contains("cannot claim events")).count();
+    // Backoff 1 s, 2 s, 4 s …: a handful of lines, not one per loop turn.
+    assert!(
+        errors <= 5,
+        "{errors} claim errors in 4 s:\n{}",
+        d.log().lines().rev().take(5).collect::<Vec<_>>().join("\n")
+    );
+}

@@ -20,6 +20,8 @@ use tokio_util::sync::CancellationToken;
 const WINDOW: usize = 1024;
 /// Longest sleep between journal polls when idle (a safety net: intake wakes us).
 const IDLE_POLL: Duration = Duration::from_secs(30);
+/// First wait after a failed journal claim; doubles up to [`IDLE_POLL`].
+const CLAIM_BACKOFF: Duration = Duration::from_secs(1);
 /// How long shutdown waits for running applies before handing them back.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 
@@ -42,6 +44,8 @@ pub async fn run(
     let mut running = 0usize;
     let mut next_due: Option<i64> = None;
     let mut tasks = tokio::task::JoinSet::new();
+    // After a failed claim: how long to wait before the next (doubling).
+    let mut claim_backoff: Option<Duration> = None;
     loop {
         // A JoinSet keeps every finished task (its whole allocation) until it is
         // joined: reap them, or the daemon grows by a few KiB with every apply.
@@ -61,8 +65,15 @@ pub async fn run(
                         }
                     }
                     next_due = if got < asked { journal.next_due_ms().await.ok().flatten() } else { None };
+                    claim_backoff = None;
                 }
-                Err(e) => tracing::error!("journal: cannot claim events: {e}"),
+                Err(e) => {
+                    // Never spin on a broken journal (a failed fsync fails every
+                    // request at once): wait, longer each time.
+                    let wait = claim_backoff.map_or(CLAIM_BACKOFF, |b| (b * 2).min(IDLE_POLL));
+                    tracing::error!("journal: cannot claim events (next try in {wait:?}): {e}");
+                    claim_backoff = Some(wait);
+                }
             }
         }
 
@@ -107,7 +118,13 @@ pub async fn run(
             let span = tracing::info_span!("apply", event = %job.event_id, path = %path);
             tasks.spawn(tracing::Instrument::instrument(
                 async move {
-                    let result = syncer.apply_event(&path, since).await;
+                    // A panic (a bug) must not keep its rows `running` and its
+                    // slot taken until a restart: it is an error like any other.
+                    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                        syncer.apply_event(&path, since),
+                    ))
+                    .await
+                    .unwrap_or_else(|_| Err(super::apply::ApplyError::Internal("the apply panicked".into())));
                     syncer.count("event", &result);
                     let result = result.map_err(|e| e.to_string());
                     drop(guard);
@@ -118,9 +135,10 @@ pub async fn run(
         }
 
         // Rows held back by locks are woken by a completion; rows in backoff by their due time.
-        let sleep_for = match next_due {
-            Some(due) => Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64).min(IDLE_POLL),
-            None => IDLE_POLL,
+        let sleep_for = match (claim_backoff, next_due) {
+            (Some(wait), _) => wait,
+            (None, Some(due)) => Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64).min(IDLE_POLL),
+            (None, None) => IDLE_POLL,
         };
         tokio::select! {
             _ = shutdown.cancelled() => break,
