@@ -117,6 +117,7 @@ pub fn syncer_with(settings: &Settings, read_only: bool) -> Result<Syncer, Serve
         mirror: Arc::new(mirror),
         filter: Filter::new(&settings.mirror.include, &settings.mirror.exclude)?,
         delete: settings.mirror.delete,
+        max_delete_ratio: settings.mirror.max_delete_ratio,
         transfers: Arc::new(tokio::sync::Semaphore::new(settings.mirror.concurrency.max(1))),
         locks: PathLocks::default(),
         stats: Default::default(),

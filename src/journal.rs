@@ -152,6 +152,8 @@ pub struct Job {
     pub received_ms: i64,
     /// Whether it is a `file.created` (a local copy made before it is stale).
     pub created: bool,
+    /// Re-queued by `retry` after the event delete guard held it: apply it anyway.
+    pub forced: bool,
 }
 
 /// One row as `events` shows it.
@@ -201,7 +203,8 @@ CREATE TABLE IF NOT EXISTS events (
     next_at_ms  INTEGER NOT NULL DEFAULT 0,
     last_error  TEXT,
     updated_ms  INTEGER NOT NULL,
-    body        BLOB    NOT NULL
+    body        BLOB    NOT NULL,
+    forced      INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS events_due ON events(status, next_at_ms, seq);
 ";
@@ -263,6 +266,12 @@ impl Journal {
         // Room for every statement the daemon uses, so none is parsed twice.
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)?;
+        // Journals made before the event delete guard lack its column.
+        let has_forced: bool =
+            conn.prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'forced'")?.exists([])?;
+        if !has_forced {
+            conn.execute_batch("ALTER TABLE events ADD COLUMN forced INTEGER NOT NULL DEFAULT 0")?;
+        }
         if resume {
             conn.execute(
                 "UPDATE events SET status = 'pending', updated_ms = ?1 WHERE status = 'running'",
@@ -382,7 +391,7 @@ impl Journal {
             let now = now_ms();
             let jobs = {
                 let mut st = c.prepare_cached(
-                    "SELECT seq, event_id, path, attempts, received_ms, topic FROM events
+                    "SELECT seq, event_id, path, attempts, received_ms, topic, forced FROM events
                      WHERE status = 'pending' AND next_at_ms <= ?1 ORDER BY seq LIMIT ?2",
                 )?;
                 let rows = st.query_map(params![now, limit as i64], |r| {
@@ -393,6 +402,7 @@ impl Journal {
                         attempts: r.get(3)?,
                         received_ms: r.get(4)?,
                         created: r.get::<_, String>(5)? == "file.created",
+                        forced: r.get::<_, i64>(6)? != 0,
                     })
                 })?;
                 rows.collect::<rusqlite::Result<Vec<_>>>()?
@@ -444,6 +454,26 @@ impl Journal {
                 let status = if attempts >= max_attempts { Status::Failed } else { Status::Pending };
                 let next = now + backoff(attempts).as_millis() as i64;
                 st.execute(params![s, status.as_str(), attempts, next, error, now])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Marks rows `failed` at once, with `error` (no retry: the event delete
+    /// guard held them until a person decides, with `retry`).
+    ///
+    /// # Errors
+    /// On a database error.
+    pub async fn hold(&self, seqs: Vec<i64>, error: String) -> Result<(), JournalError> {
+        self.call(move |c| {
+            let now = now_ms();
+            let mut st = c.prepare_cached(
+                "UPDATE events SET status = 'failed', attempts = attempts + 1, last_error = ?2, updated_ms = ?3
+                 WHERE seq = ?1",
+            )?;
+            for s in seqs {
+                st.execute(params![s, error, now])?;
             }
             Ok(())
         })
@@ -514,7 +544,8 @@ impl Journal {
     pub async fn retry(&self, ids: Option<Vec<String>>) -> Result<usize, JournalError> {
         self.call(move |c| {
             let now = now_ms();
-            let sql = "UPDATE events SET status = 'pending', attempts = 0, next_at_ms = 0, updated_ms = ?2
+            // A retried row is applied even past the event delete guard: a person asked.
+            let sql = "UPDATE events SET status = 'pending', attempts = 0, next_at_ms = 0, updated_ms = ?2, forced = 1
                        WHERE status = 'failed' AND (?1 IS NULL OR event_id = ?1)";
             match ids {
                 None => c.execute(sql, params![None::<String>, now]),

@@ -617,6 +617,26 @@ impl Mirror {
         Ok(Some(entry.kind))
     }
 
+    /// Entries below directory `rel`, all levels, not following symlinks.
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn count_entries(&self, rel: &RemotePath) -> Result<u64, MirrorError> {
+        let mut n = 0;
+        let mut stack = vec![rel.with_dir(true)];
+        while let Some(d) = stack.pop() {
+            for (name, e) in self.list_dir(Some(&d))? {
+                n += 1;
+                if e.kind == LocalKind::Dir {
+                    if let Ok(p) = RemotePath::child(Some(&d), &name, true) {
+                        stack.push(p);
+                    }
+                }
+            }
+        }
+        Ok(n)
+    }
+
     /// Lists directory `rel` (`None` = the root) without following symlinks;
     /// the root's `.sftp-mirror` is left out. Names are bytes, exactly as on
     /// disk (UTF-8 or not). A directory that is not there lists nothing.

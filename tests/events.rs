@@ -1,6 +1,7 @@
 //! Events end to end: real binary, real sshd, bytes on disk.
 
 use crate::common::*;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -220,4 +221,31 @@ fn an_event_received_after_our_copy_fetches_again_even_with_the_same_size_and_an
     wait_for("the second version, announced only by its event", || mirrored() == b"version two");
     // A duplicate of that event is answered and changes nothing more.
     assert_eq!(d.send(&event("k2", "file.created", "kept.txt")).status, 204);
+}
+
+#[test]
+fn an_event_that_would_empty_a_directory_is_held_until_retry() {
+    let env = Env::new();
+    for i in 0..100 {
+        env.put(&format!("d/f{i:03}.txt"), b"precious");
+    }
+    let o = Opts::default();
+    assert_eq!(env.run(&o, &["reconcile"]).status.code(), Some(0));
+    let cfg = env.config(&o);
+    let d = Daemon::start(&cfg);
+    // The remote directory is emptied (a mistake, a half-finished sync …).
+    for i in 0..100 {
+        std::fs::remove_file(env.remote().join(format!("d/f{i:03}.txt"))).unwrap();
+    }
+    assert_eq!(d.send(&event("empty-d", "file.created", "d/")).status, 204);
+    let row = |id: &str| journal_rows(&cfg, &[]).into_iter().find(|r| r["id"] == id);
+    wait_for("the event to be held", || row("empty-d").is_some_and(|r| r["status"] == "failed"));
+    let held = row("empty-d").unwrap();
+    assert!(held["last_error"].as_str().unwrap().contains("held by the event delete guard"), "{held}");
+    assert_eq!(std::fs::read_dir(env.mirror().join("d")).unwrap().count(), 100, "nothing was deleted");
+    // A person decides: retry applies it.
+    let out = Command::new(bin()).arg("--config").arg(&cfg).args(["retry", "empty-d"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    wait_for("the retried event", || row("empty-d").is_some_and(|r| r["status"] == "done"));
+    assert_eq!(std::fs::read_dir(env.mirror().join("d")).unwrap().count(), 0);
 }

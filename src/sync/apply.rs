@@ -10,6 +10,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
 
+/// Entries an event may remove without the event delete guard looking.
+pub const EVENT_DELETE_FLOOR: u64 = 50;
+
 /// Times a download is restarted because the remote file changed under it, or
 /// the connection dropped, before the apply fails (and is retried later).
 const ATTEMPTS: u32 = 3;
@@ -40,6 +43,9 @@ pub enum ApplyError {
     /// The mirror side failed.
     #[error(transparent)]
     Local(#[from] MirrorError),
+    /// The event delete guard held the event (see [`Syncer::apply_event`]).
+    #[error("{0}")]
+    Held(String),
     /// A blocking task died (a bug); reported, not fatal.
     #[error("internal error: {0}")]
     Internal(String),
@@ -86,6 +92,8 @@ pub struct Syncer {
     pub filter: Filter,
     /// `mirror.delete`.
     pub delete: bool,
+    /// `mirror.max_delete_ratio`, also the event delete guard's ratio.
+    pub max_delete_ratio: f64,
     /// Bounds concurrent transfers (`mirror.concurrency`).
     pub transfers: Arc<Semaphore>,
     /// Per-path exclusion shared by events and reconcile.
@@ -124,17 +132,25 @@ impl Syncer {
     /// # Errors
     /// As [`Syncer::apply`].
     pub async fn apply_locked(&self, path: &RemotePath) -> Result<Action, ApplyError> {
-        self.apply_event(path, None).await
+        self.apply_event(path, None, false).await
     }
 
     /// [`Syncer::apply_locked`] for events: with `since` (when the latest
     /// `file.created` for `path` was received, ms), a local copy made before
     /// then is not trusted as current even with the same size and mtime
-    /// (SPEC §2: an upload can keep both).
+    /// (SPEC §2: an upload can keep both). With `guarded`, a removal of more
+    /// than [`EVENT_DELETE_FLOOR`] entries that is also more than
+    /// `mirror.max_delete_ratio` of the directory's entries is held
+    /// ([`ApplyError::Held`]) instead of done.
     ///
     /// # Errors
     /// As [`Syncer::apply`].
-    pub async fn apply_event(&self, path: &RemotePath, since: Option<i64>) -> Result<Action, ApplyError> {
+    pub async fn apply_event(
+        &self,
+        path: &RemotePath,
+        since: Option<i64>,
+        guarded: bool,
+    ) -> Result<Action, ApplyError> {
         if !self.filter.allows(path) {
             return Ok(Action::Skipped("excluded by include/exclude"));
         }
@@ -148,6 +164,14 @@ impl Syncer {
             return Ok(Action::Skipped("a remote ancestor is a symlink"));
         }
         let remote = remote?;
+        if guarded && remote.is_none() {
+            let (m, p) = (self.mirror.clone(), path.with_dir(true));
+            let local =
+                blocking(move || if m.stat_dir(Some(&p))? { m.count_entries(&p).map(Some) } else { Ok(None) }).await?;
+            if let Some(n) = local {
+                self.guard(path, 1 + n, 1 + n)?;
+            }
+        }
         let action = match remote {
             Some(e) if e.kind == RemoteKind::File => self.fetch(&path.with_dir(false), e, since).await?,
             other => self.apply_known(path, other).await?,
@@ -156,14 +180,28 @@ impl Syncer {
             // An event on a directory may stand for a change of its whole content
             // (removed and re-created, renamed, uploaded as a tree), so the
             // directory's subtree is brought in line with the remote too.
-            self.sync_subtree(&path.with_dir(true)).await?;
+            self.sync_subtree(&path.with_dir(true), guarded).await?;
         }
         Ok(action)
     }
 
+    /// The event delete guard: refuses removing `removes` of `total` entries
+    /// under `path` when that is past both the floor and the ratio.
+    fn guard(&self, path: &RemotePath, removes: u64, total: u64) -> Result<(), ApplyError> {
+        if removes > EVENT_DELETE_FLOOR && removes as f64 > self.max_delete_ratio * total as f64 {
+            return Err(ApplyError::Held(format!(
+                "held by the event delete guard: applying it would delete {removes} of {total} local entries under {path} \
+                 (more than {EVENT_DELETE_FLOOR} and than mirror.max_delete_ratio {}); if that is right, \
+                 run `sftp-mirror retry <event id>` or `sftp-mirror reconcile --force`",
+                self.max_delete_ratio
+            )));
+        }
+        Ok(())
+    }
+
     /// Makes the mirror's subtree under directory `dir` equal the remote one.
     /// The caller holds the lock on `dir`, which covers every descendant.
-    async fn sync_subtree(&self, dir: &RemotePath) -> Result<(), ApplyError> {
+    async fn sync_subtree(&self, dir: &RemotePath, guarded: bool) -> Result<(), ApplyError> {
         let rpath = self.remote.path_of(dir.as_bytes());
         let remote = self
             .remote
@@ -182,6 +220,27 @@ impl Syncer {
         let local = blocking(move || if m.stat_dir(Some(&d))? { m.list_dir(Some(&d)) } else { Ok(Vec::new()) }).await?;
         let mut local: std::collections::HashMap<Vec<u8>, LocalKind> =
             local.into_iter().map(|(name, e)| (name, e.kind)).collect();
+        if guarded {
+            // What the remote no longer has, counted before anything changes.
+            let listed: std::collections::HashSet<&[u8]> = remote.iter().map(|r| &r.name[..]).collect();
+            let gone: Vec<RemotePath> = local
+                .iter()
+                .filter(|(n, _)| !listed.contains(&n[..]))
+                .filter_map(|(n, k)| RemotePath::child(Some(dir), n, *k == LocalKind::Dir).ok())
+                .collect();
+            if !gone.is_empty() {
+                let (m, d) = (self.mirror.clone(), dir.clone());
+                let (removes, total) = blocking(move || {
+                    let mut removes = 0;
+                    for g in &gone {
+                        removes += 1 + if g.is_dir() { m.count_entries(g)? } else { 0 };
+                    }
+                    Ok((removes, m.count_entries(&d)?))
+                })
+                .await?;
+                self.guard(dir, removes, total)?;
+            }
+        }
         let deep_enough = dir.depth() >= crate::remote::MAX_DEPTH;
         for r in remote {
             local.remove(&r.name);
@@ -196,7 +255,7 @@ impl Syncer {
             if is_dir && deep_enough {
                 tracing::warn!(path = %child, "deeper than {} levels; its content is not mirrored", crate::remote::MAX_DEPTH);
             } else if is_dir {
-                Box::pin(self.sync_subtree(&child)).await?;
+                Box::pin(self.sync_subtree(&child, guarded)).await?;
             }
         }
         for (name, kind) in local {

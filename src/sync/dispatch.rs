@@ -18,16 +18,20 @@ use tokio_util::sync::CancellationToken;
 
 /// Rows held in memory at most; more wait in the journal.
 const WINDOW: usize = 1024;
-/// Longest sleep between journal polls when idle (a safety net: intake wakes us).
-const IDLE_POLL: Duration = Duration::from_secs(30);
-/// First wait after a failed journal claim; doubles up to [`IDLE_POLL`].
+/// Longest sleep between journal polls when idle: intake wakes us, but rows
+/// queued by another process (`sftp-mirror retry`) are only seen by a poll.
+const IDLE_POLL: Duration = Duration::from_secs(5);
+/// Longest wait between claims while the journal fails.
+const MAX_CLAIM_BACKOFF: Duration = Duration::from_secs(30);
+/// First wait after a failed journal claim; doubles up to [`MAX_CLAIM_BACKOFF`].
 const CLAIM_BACKOFF: Duration = Duration::from_secs(1);
 /// How long shutdown waits for running applies before handing them back.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 
 struct Done {
     seqs: Vec<i64>,
-    result: Result<Action, String>,
+    /// The error, and whether the event delete guard held it.
+    result: Result<Action, (bool, String)>,
 }
 
 /// Runs the workers until `shutdown`; `wake` is notified by intake after each
@@ -70,7 +74,7 @@ pub async fn run(
                 Err(e) => {
                     // Never spin on a broken journal (a failed fsync fails every
                     // request at once): wait, longer each time.
-                    let wait = claim_backoff.map_or(CLAIM_BACKOFF, |b| (b * 2).min(IDLE_POLL));
+                    let wait = claim_backoff.map_or(CLAIM_BACKOFF, |b| (b * 2).min(MAX_CLAIM_BACKOFF));
                     tracing::error!("journal: cannot claim events (next try in {wait:?}): {e}");
                     claim_backoff = Some(wait);
                 }
@@ -96,6 +100,7 @@ pub async fn run(
             let mut seqs = vec![job.seq];
             // SPEC §2: a copy made before a `file.created` was received may be stale.
             let mut since = job.created.then_some(job.received_ms);
+            let mut forced = job.forced;
             // Fold in the later rows for the same path, up to the first row on an
             // overlapping but different path (whose order relative to them matters);
             // rows on unrelated paths in between do not matter.
@@ -106,6 +111,7 @@ pub async fn run(
                     if next.created {
                         since = since.max(Some(next.received_ms));
                     }
+                    forced |= next.forced;
                     queue.remove(j);
                 } else if p.overlaps(&path) {
                     break;
@@ -121,12 +127,12 @@ pub async fn run(
                     // A panic (a bug) must not keep its rows `running` and its
                     // slot taken until a restart: it is an error like any other.
                     let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-                        syncer.apply_event(&path, since),
+                        syncer.apply_event(&path, since, !forced),
                     ))
                     .await
                     .unwrap_or_else(|_| Err(super::apply::ApplyError::Internal("the apply panicked".into())));
                     syncer.count("event", &result);
-                    let result = result.map_err(|e| e.to_string());
+                    let result = result.map_err(|e| (matches!(e, super::apply::ApplyError::Held(_)), e.to_string()));
                     drop(guard);
                     let _ = tx.send(Done { seqs, result });
                 },
@@ -178,7 +184,12 @@ async fn finish(journal: &Journal, syncer: &Syncer, d: Done) {
             tracing::info!(?action, events = d.seqs.len(), "applied");
             journal.complete(d.seqs).await
         }
-        Err(e) => {
+        Err((true, e)) => {
+            syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!(error = %e, "event held");
+            journal.hold(d.seqs, e).await
+        }
+        Err((false, e)) => {
             syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(error = %e, "apply failed; will retry");
             journal.fail(d.seqs, e).await

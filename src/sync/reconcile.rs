@@ -201,19 +201,7 @@ impl Progress for Quiet {}
 
 /// Counts a local subtree (for a deletion), without following symlinks.
 fn count_local(syncer: &Syncer, dir: &RemotePath) -> Result<u64, String> {
-    let mut n = 0;
-    let mut stack = vec![dir.clone()];
-    while let Some(d) = stack.pop() {
-        for (name, e) in syncer.mirror.list_dir(Some(&d)).map_err(|e| e.to_string())? {
-            n += 1;
-            if e.kind == LocalKind::Dir {
-                if let Ok(p) = RemotePath::child(Some(&d), &name, true) {
-                    stack.push(p);
-                }
-            }
-        }
-    }
-    Ok(n)
+    syncer.mirror.count_entries(dir).map_err(|e| e.to_string())
 }
 
 fn child(parent: Option<&RemotePath>, name: &[u8], is_dir: bool) -> Option<RemotePath> {
