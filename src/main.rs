@@ -134,7 +134,11 @@ fn init_logging(quiet: bool, verbose: u8, format: LogFormat) {
         _ => "sftp_mirror=trace,debug",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour only for a person at a terminal (not a file, a pipe or the
+    // journal), and never with NO_COLOR set (no-color.org).
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),
@@ -419,9 +423,22 @@ fn tune_allocator() {
     }
 }
 
+/// One-shot commands behave like Unix tools in a pipeline: `reconcile | head`
+/// ends them quietly by SIGPIPE once the reader is gone (Rust ignores SIGPIPE,
+/// so `println!` would panic on EPIPE instead). The daemon keeps ignoring it.
+fn default_sigpipe() {
+    // SAFETY: resets one signal's disposition before any thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Serve | Command::Demo { .. }) {
+        default_sigpipe();
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(r) => r,
         Err(e) => {

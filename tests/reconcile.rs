@@ -225,3 +225,34 @@ fn reconcile_and_events_on_overlapping_paths_end_exact() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("another sftp-mirror process"));
 }
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly_and_logs_have_no_colour() {
+    use std::io::{BufRead, Read};
+    use std::os::unix::process::ExitStatusExt;
+    let env = Env::new();
+    // A plan longer than a pipe buffer (64 KiB).
+    for i in 0..3000 {
+        env.put(&format!("many/a-rather-long-file-name-for-the-plan-{i:05}.txt"), b"x");
+    }
+    let cfg = env.config(&Opts::default());
+    let mut child = std::process::Command::new(bin())
+        .arg("--config")
+        .arg(&cfg)
+        .args(["reconcile", "--dry-run"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut first).unwrap(); // then `head -1` exits
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    let status = child.wait().unwrap();
+    assert!(!first.is_empty());
+    assert!(!err.contains("panicked") && !err.contains("Broken pipe"), "{err}");
+    assert!(status.success() || status.signal() == Some(13), "{status:?}: {err}");
+    // stderr is a pipe here: no escape sequences in the log.
+    let d = env.serve(&Opts::default());
+    assert!(d.log().contains("webhook listening") && !d.log().contains('\u{1b}'), "{}", d.log());
+}
