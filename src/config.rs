@@ -532,6 +532,27 @@ impl Settings {
     }
 }
 
+impl Settings {
+    /// Only `journal.path` (for `events` and `retry`, which need nothing else:
+    /// the packaged config without its secrets filled in still works for them).
+    ///
+    /// # Errors
+    /// When the file cannot be read or `journal.path` is wrong.
+    pub fn load_journal_path(file: Option<&Path>, env: &HashMap<String, String>) -> Result<PathBuf, ConfigError> {
+        let mut r = reader(file, env)?;
+        let path = r.path("journal", "path").unwrap_or_else(|| DEFAULT_JOURNAL.into());
+        let problems: Vec<String> = r.problems.into_iter().filter(|p| p.starts_with("journal.")).collect();
+        if problems.is_empty() {
+            Ok(path)
+        } else {
+            Err(ConfigError { problems })
+        }
+    }
+}
+
+/// `journal.path` when none is configured.
+const DEFAULT_JOURNAL: &str = "/var/lib/sftp-mirror/journal.db";
+
 fn reader(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Reader, ConfigError> {
     let one = |p: String| ConfigError { problems: vec![p] };
     let mut b = config::Config::builder();
@@ -764,7 +785,7 @@ fn validate(r: &mut Reader, opts: LoadOptions) -> Option<Settings> {
     let sftp_down_after = r.duration("admin", "sftp_down_after", Duration::from_secs(60));
 
     // [journal]
-    let journal_path = r.path("journal", "path").unwrap_or_else(|| "/var/lib/sftp-mirror/journal.db".into());
+    let journal_path = r.path("journal", "path").unwrap_or_else(|| DEFAULT_JOURNAL.into());
     let keep_done = r.duration("journal", "keep_done", Duration::from_secs(7 * 86400));
     let max_attempts = r.number("journal", "max_attempts", crate::journal::MAX_ATTEMPTS, (1, 1000));
 

@@ -273,10 +273,7 @@ pub async fn run(keep_running: bool) -> Result<bool, DemoError> {
     )
     .await
     .map_err(fail)?;
-    println!(
-        "   ✓ {} file(s) downloaded ({} bytes), {} director(y/ies) created, {} deleted, {} failed, {:.2} s",
-        summary.downloaded, summary.bytes, summary.dirs_created, summary.deleted, summary.failed, summary.seconds
-    );
+    println!("   ✓ {summary}");
 
     let (remote_tree, mirror_tree) = (tree(&paths.remote), tree(&paths.mirror));
     let equal = remote_tree == mirror_tree;

@@ -187,7 +187,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::from(code))
         }
         Command::Events { status, limit, json } => {
-            let settings = load(&cli)?;
+            let journal_path = load_journal_path(&cli)?;
             let status = match status {
                 None => None,
                 Some(s) => Some(Status::parse(s).ok_or_else(|| {
@@ -197,7 +197,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     )
                 })?),
             };
-            let journal = open_journal(&settings)?;
+            let journal = open_journal(&journal_path)?;
             let rows = journal.list(status, *limit).await.map_err(|e| Failure::new(EXIT_FAILED, e))?;
             if *json {
                 println!("{}", serde_json::to_string_pretty(&rows).expect("rows serialize"));
@@ -227,15 +227,20 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Retry { failed, ids } => {
-            let settings = load(&cli)?;
-            let journal = open_journal(&settings)?;
+            let journal = open_journal(&load_journal_path(&cli)?)?;
             let n = journal
                 .retry(if *failed { None } else { Some(ids.clone()) })
                 .await
                 .map_err(|e| Failure::new(EXIT_FAILED, e))?;
-            println!("{n} event(s) queued again; a running daemon picks them up within 30 s");
+            println!("{n} event(s) queued again; a running daemon picks them up within 5 s");
             if !*failed && n < ids.len() {
-                eprintln!("{} id(s) were not failed events and were left as they are", ids.len() - n);
+                return Err(Failure::new(
+                    EXIT_FAILED,
+                    anyhow::anyhow!(
+                        "{} of the given id(s) are not failed events in the journal (unknown, or not failed): left as they are",
+                        ids.len() - n
+                    ),
+                ));
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -336,7 +341,10 @@ async fn reconcile_command(
             plan.remote_entries,
             plan.local_entries
         );
-        for op in plan.ops.iter().take(limit) {
+        // By path, so a person can find an entry (the walk's order is the listing's).
+        let mut ops: Vec<&reconcile::Op> = plan.ops.iter().collect();
+        ops.sort_by(|a, b| a.path().cmp(b.path()));
+        for op in ops.into_iter().take(limit) {
             println!("  {}", op.describe());
         }
         if plan.ops.len() > limit {
@@ -379,7 +387,7 @@ async fn reconcile_command(
     if json {
         println!("{}", serde_json::to_string(&summary).expect("summary serializes"));
     } else {
-        println!("{}", summary_line(&summary));
+        println!("{summary}");
         for e in &summary.errors {
             println!("  failed: {e}");
         }
@@ -387,26 +395,17 @@ async fn reconcile_command(
     Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
 }
 
-fn summary_line(s: &reconcile::Summary) -> String {
-    format!(
-        "{}{} file(s) downloaded ({} bytes), {} director{} created, {} entr{} deleted, {} unchanged, {} failed, {:.2} s",
-        if s.dry_run { "dry run, nothing changed: would have " } else { "" },
-        s.downloaded,
-        s.bytes,
-        s.dirs_created,
-        if s.dirs_created == 1 { "y" } else { "ies" },
-        s.deleted,
-        if s.deleted == 1 { "y" } else { "ies" },
-        s.unchanged,
-        s.failed,
-        s.seconds
-    )
+fn open_journal(path: &std::path::Path) -> Result<Journal, Failure> {
+    Journal::open(path)
+        .with_context(|| format!("cannot open journal {}", path.display()))
+        .map_err(|e| Failure::new(EXIT_FAILED, e))
 }
 
-fn open_journal(settings: &Settings) -> Result<Journal, Failure> {
-    Journal::open(&settings.journal.path)
-        .with_context(|| format!("cannot open journal {}", settings.journal.path.display()))
-        .map_err(|e| Failure::new(EXIT_FAILED, e))
+/// `journal.path` alone (`events`, `retry`).
+fn load_journal_path(cli: &Cli) -> Result<std::path::PathBuf, Failure> {
+    let env: HashMap<String, String> = std::env::vars().collect();
+    Settings::load_journal_path(config_path(cli).as_deref(), &env)
+        .map_err(|e| Failure::new(EXIT_CONFIG, anyhow::anyhow!("invalid configuration:\n{e}")))
 }
 
 /// glibc's malloc adapts its thresholds so that every freed 255 KiB SFTP read

@@ -73,9 +73,19 @@ fn dry_run_changes_nothing_and_prints_the_plan() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
-        text.contains("download a/new.txt") && text.contains("delete   old.txt") && text.contains("update   keep.txt"),
+        text.contains("download a/new.txt (3 B)")
+            && text.contains("delete   old.txt")
+            && text.contains("update   keep.txt"),
         "{text}"
     );
+    // One slash after a directory, and the plan sorted by path.
+    assert!(text.contains("mkdir    a/\n") || text.contains("mkdir    a/ "), "{text}");
+    assert!(!text.contains("//"), "{text}");
+    let paths: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("  ")).map(|l| l.split_whitespace().nth(1).unwrap_or("")).collect();
+    let mut sorted = paths.clone();
+    sorted.sort();
+    assert_eq!(paths, sorted, "{text}");
     assert_eq!(tree(&env.mirror()), before);
     // Nothing at all appears on disk, not even our private folder (tree() skips it).
     assert!(!env.mirror().join(".sftp-mirror").exists(), "a dry run created .sftp-mirror");

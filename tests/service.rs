@@ -64,6 +64,23 @@ fn trust_host_key_records_a_line_that_the_next_check_accepts() {
 }
 
 #[test]
+fn events_and_retry_need_only_the_journal_and_an_unknown_id_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = dir.path().join("journal.db");
+    // The packaged config before it is filled in: no credentials, no secret.
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, format!("[sftp]\nhost = \"\"\n[journal]\npath = {journal:?}\n")).unwrap();
+    let run = |args: &[&str]| Command::new(bin()).arg("--config").arg(&cfg).args(args).output().unwrap();
+    let out = run(&["events", "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "[]");
+    let out = run(&["retry", "nope-id"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stdout));
+    assert!(text(&out.stderr).contains("not failed events"), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr).trim().lines().count(), 1, "one line: {}", text(&out.stderr));
+}
+
+#[test]
 fn events_lists_the_journal_and_retry_requeues_failed_events() {
     let mut env = Env::new();
     env.put("later.txt", b"arrives after retry");

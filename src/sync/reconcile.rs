@@ -105,12 +105,12 @@ impl Op {
             Op::Download { path, entry, local, .. } => {
                 let verb = if *local == Some(LocalKind::File) { "update  " } else { "download" };
                 let was = if *local == Some(LocalKind::File) { String::new() } else { was(local) };
-                format!("{verb} {path} ({} bytes){was}", entry.size)
+                format!("{verb} {} ({}){was}", path.lossy(), human_bytes(entry.size))
             }
-            Op::MakeDir { path, local, .. } => format!("mkdir    {path}/{}", was(local)),
+            Op::MakeDir { path, local, .. } => format!("mkdir    {}/{}", path.lossy(), was(local)),
             Op::Delete { path, local, entries } => match local {
-                LocalKind::Dir => format!("delete   {path}/ ({entries} entries)"),
-                _ => format!("delete   {path}"),
+                LocalKind::Dir => format!("delete   {}/ ({entries} entries)", path.lossy()),
+                _ => format!("delete   {}", path.lossy()),
             },
         }
     }
@@ -157,6 +157,43 @@ pub struct Summary {
     pub dry_run: bool,
     /// Paths that failed, with the error (at most 100).
     pub errors: Vec<String>,
+}
+
+/// Bytes for people: `512 B`, `1.5 KiB`, `1.8 GiB` (JSON output keeps exact numbers).
+pub fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+impl std::fmt::Display for Summary {
+    /// The one-line summary `reconcile` and `demo` print.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let plural = |n: u64, one: &'static str, many: &'static str| if n == 1 { one } else { many };
+        write!(
+            f,
+            "{}{} {} downloaded ({}), {} {} created, {} {} deleted, {} unchanged, {} failed, {:.2} s",
+            if self.dry_run { "dry run, nothing changed: would have " } else { "" },
+            self.downloaded,
+            plural(self.downloaded, "file", "files"),
+            human_bytes(self.bytes),
+            self.dirs_created,
+            plural(self.dirs_created, "directory", "directories"),
+            self.deleted,
+            plural(self.deleted, "entry", "entries"),
+            self.unchanged,
+            self.failed,
+            self.seconds
+        )
+    }
 }
 
 /// Why a pass did not run or stopped.
@@ -474,5 +511,18 @@ async fn execute(s: &Syncer, op: &Op) -> Result<Action, ApplyError> {
                 return r;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::human_bytes;
+
+    #[test]
+    fn sizes_for_people() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1_883_067_216), "1.8 GiB");
     }
 }
