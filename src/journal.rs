@@ -245,6 +245,10 @@ impl Journal {
     }
 
     fn open_inner(path: &Path, max_attempts: u32, resume: bool) -> Result<Journal, JournalError> {
+        Self::open_hooked(path, max_attempts, resume, Hooks::default())
+    }
+
+    fn open_hooked(path: &Path, max_attempts: u32, resume: bool, hooks: Hooks) -> Result<Journal, JournalError> {
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
             std::fs::create_dir_all(dir)
                 .map_err(|source| JournalError::Io { path: dir.display().to_string(), source })?;
@@ -285,7 +289,10 @@ impl Journal {
             .name("journal-sync".into())
             .spawn(move || sync(wal.as_deref(), sync_rx))
             .map_err(thread_err)?;
-        std::thread::Builder::new().name("journal".into()).spawn(move || run(conn, rx, sync_tx)).map_err(thread_err)?;
+        std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || run(conn, rx, sync_tx, &hooks))
+            .map_err(thread_err)?;
         Ok(Journal { tx, max_attempts: max_attempts.max(1) })
     }
 
@@ -612,7 +619,27 @@ impl Journal {
 /// The journal thread: block for one request, take every other one already
 /// waiting, run them all in one transaction, commit, and hand the answers to
 /// the sync thread.
-fn run(conn: Connection, rx: mpsc::Receiver<Request>, synced: mpsc::Sender<Vec<Reply>>) {
+/// Fault injection into the journal thread (unit tests only; empty otherwise).
+#[derive(Default)]
+struct Hooks {
+    /// While set, every BEGIN fails as if the database refused it.
+    #[cfg(test)]
+    fail_begin: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Hooks {
+    #[cfg(test)]
+    fn begin_fails(&self) -> bool {
+        self.fail_begin.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    #[cfg(not(test))]
+    fn begin_fails(&self) -> bool {
+        false
+    }
+}
+
+fn run(conn: Connection, rx: mpsc::Receiver<Request>, synced: mpsc::Sender<Vec<Reply>>, hooks: &Hooks) {
     // Control statements are prepared once too; `execute_batch` would parse them
     // again for every request.
     let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([])).map(drop);
@@ -624,7 +651,11 @@ fn run(conn: Connection, rx: mpsc::Receiver<Request>, synced: mpsc::Sender<Vec<R
                 Err(_) => break,
             }
         }
-        let began = exec("BEGIN IMMEDIATE");
+        let began = if hooks.begin_fails() {
+            Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), None))
+        } else {
+            exec("BEGIN IMMEDIATE")
+        };
         let mut replies = Vec::with_capacity(batch.len());
         if began.is_ok() {
             for req in batch {
@@ -827,6 +858,21 @@ mod tests {
             assert_eq!(t.await.unwrap().unwrap(), Recorded::Queued);
         }
         assert_eq!(j.counts().await.unwrap(), vec![(Status::Pending, QUEUE_BOUND as u64)]);
+    }
+
+    #[tokio::test]
+    async fn a_failed_begin_runs_nothing_so_a_failed_claim_leaves_its_rows_pending() {
+        let dir = tempfile::tempdir().unwrap();
+        let hooks = Hooks::default();
+        let fail = hooks.fail_begin.clone();
+        let j = Journal::open_hooked(&dir.path().join("journal.db"), MAX_ATTEMPTS, false, hooks).unwrap();
+        j.record(ev("a", "x")).await.unwrap();
+        fail.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(j.claim(10).await.is_err(), "the caller hears the failure");
+        fail.store(false, std::sync::atomic::Ordering::Relaxed);
+        // ... and the row was not marked running behind its back.
+        assert_eq!(j.counts().await.unwrap(), vec![(Status::Pending, 1)]);
+        assert_eq!(j.claim(10).await.unwrap().len(), 1);
     }
 
     #[tokio::test]

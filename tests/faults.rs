@@ -119,3 +119,29 @@ async fn entries_gone_from_the_remote_between_listing_and_applying_converge_with
     assert!(!e.mirror().join("vanishing.txt").exists());
     assert!(!e.mirror().join("gone-dir").exists(), "a directory deleted after listing is not re-created");
 }
+
+// Multi-threaded: the embedded server keeps serving while connects wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_reconnect_on_one_slot_holds_up_neither_other_callers_nor_invalidate() {
+    let mut e = Embedded::start().await;
+    e.settings.sftp.timeout = Duration::from_secs(10);
+    e.settings.sftp.connections = 2;
+    let s = e.syncer();
+    // The first connect meets a server that takes TCP and never speaks SSH.
+    e.faults().stall_handshakes(1);
+    let remote = s.remote.clone();
+    let stuck = tokio::spawn(async move { remote.conn().await }); // slot 0, for up to 10 s
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Slot 1 connects; a caller starting at slot 0 meanwhile takes slot 1's
+    // connection as soon as it is up instead of waiting out slot 0's stall.
+    let (r1, r2) = (s.remote.clone(), s.remote.clone());
+    let b = tokio::spawn(async move { r1.conn().await });
+    let c = tokio::spawn(async move { r2.conn().await });
+    let bound = Duration::from_secs(5);
+    let b = tokio::time::timeout(bound, b).await.expect("slot 1 connects").unwrap().unwrap();
+    let c = tokio::time::timeout(bound, c).await.expect("waited out another slot's stalled connect").unwrap().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&b, &c), "both use the live connection");
+    // Dropping a connection does not wait for the stalled connect either.
+    tokio::time::timeout(bound, s.remote.invalidate(&b)).await.expect("invalidate waited out a reconnect");
+    stuck.abort();
+}

@@ -670,3 +670,18 @@ fn a_broken_journal_does_not_make_the_dispatcher_spin() {
         d.log().lines().rev().take(5).collect::<Vec<_>>().join("\n")
     );
 }
+
+#[test]
+fn an_apply_that_panics_fails_its_event_and_frees_its_slot() {
+    let env = Env::new();
+    env.put("boom.txt", b"its apply panics");
+    env.put("after.txt", b"applied after the panic");
+    // One apply at a time: a slot that stayed taken would stop everything.
+    let cfg = env.config(&Opts { concurrency: 1, ..Default::default() });
+    let d = Daemon::start_with_env(&cfg, &[("SFTP_MIRROR_TEST_PANIC_ON", "boom.txt")]);
+    assert_eq!(d.send(&event_json("boom-1", "file.created", "boom.txt")).status, 204);
+    let r = wait_failed_attempt(&cfg, "boom-1");
+    assert!(r["last_error"].as_str().unwrap_or_default().contains("panicked"), "{r}");
+    assert_eq!(d.send(&event_json("after-1", "file.created", "after.txt")).status, 204);
+    wait_for("the next event", || std::fs::read(env.mirror().join("after.txt")).is_ok());
+}

@@ -329,8 +329,13 @@ struct Backoff {
     last: String,
 }
 
+/// One pooled connection. The live connection sits behind a plain mutex that
+/// is never held across an await; `connecting` serialises connects on this
+/// slot and is the only lock held through one, so neither `invalidate` nor a
+/// caller that could use another slot ever waits out a reconnect.
 struct Slot {
-    conn: tokio::sync::Mutex<Option<Arc<Conn>>>,
+    conn: Mutex<Option<Arc<Conn>>>,
+    connecting: tokio::sync::Mutex<()>,
 }
 
 struct Inner {
@@ -342,6 +347,8 @@ struct Inner {
     backoff: Mutex<Backoff>,
     /// Since when every connect has failed (None while reachable).
     down_since: Mutex<Option<Instant>>,
+    /// Notified whenever a slot gets a live connection.
+    came_up: tokio::sync::Notify,
 }
 
 /// The connection supervisor: a cheap, cloneable handle to a pool of
@@ -357,13 +364,16 @@ impl Remote {
         let n = settings.connections.max(1);
         Remote {
             inner: Arc::new(Inner {
-                slots: (0..n).map(|_| Slot { conn: tokio::sync::Mutex::new(None) }).collect(),
+                slots: (0..n)
+                    .map(|_| Slot { conn: Mutex::new(None), connecting: tokio::sync::Mutex::new(()) })
+                    .collect(),
                 settings,
                 next: AtomicUsize::new(0),
                 ids: AtomicU64::new(0),
                 connects: AtomicU64::new(0),
                 backoff: Mutex::new(Backoff::default()),
                 down_since: Mutex::new(None),
+                came_up: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -391,51 +401,69 @@ impl Remote {
     pub async fn conn(&self) -> Result<Arc<Conn>, RemoteError> {
         let n = self.inner.slots.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
-        // Prefer a slot that is already live so one dead slot does not stall callers.
-        for i in 0..n {
-            let slot = &self.inner.slots[(start + i) % n];
-            if let Ok(guard) = slot.conn.try_lock() {
-                if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
-                    return Ok(c.clone());
+        loop {
+            // Registered before looking, so a slot coming up meanwhile is not missed.
+            let came_up = self.inner.came_up.notified();
+            if let Some(c) = self.live(start) {
+                return Ok(c);
+            }
+            let slot = &self.inner.slots[start];
+            // Connect this slot, unless another slot comes up first.
+            let _connecting = tokio::select! {
+                g = slot.connecting.lock() => g,
+                () = came_up => continue,
+            };
+            if let Some(c) = self.live(start) {
+                return Ok(c);
+            }
+            {
+                let b = self.inner.backoff.lock().expect("not poisoned");
+                if let Some(until) = b.until.filter(|u| *u > Instant::now()) {
+                    return Err(RemoteError::Backoff {
+                        retry_in_ms: (until - Instant::now()).as_millis() as u64,
+                        last: b.last.clone(),
+                    });
                 }
             }
+            let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
+            return match open_conn(&self.inner.settings, id).await {
+                Ok(c) => {
+                    let c = Arc::new(c);
+                    *slot.conn.lock().expect("not poisoned") = Some(c.clone());
+                    self.inner.connects.fetch_add(1, Ordering::Relaxed);
+                    *self.inner.backoff.lock().expect("not poisoned") = Backoff::default();
+                    *self.inner.down_since.lock().expect("not poisoned") = None;
+                    self.inner.came_up.notify_waiters();
+                    tracing::debug!(conn = id, "SFTP connection established");
+                    Ok(c)
+                }
+                Err(e) => {
+                    let mut b = self.inner.backoff.lock().expect("not poisoned");
+                    b.failures += 1;
+                    let exp = CONNECT_BACKOFF.saturating_mul(1 << b.failures.min(8)).min(MAX_CONNECT_BACKOFF);
+                    b.until = Some(Instant::now() + exp / 2 + exp.mul_f64(fastrand::f64() / 2.0));
+                    b.last = e.to_string();
+                    self.inner.down_since.lock().expect("not poisoned").get_or_insert_with(Instant::now);
+                    Err(e)
+                }
+            };
         }
-        let slot = &self.inner.slots[start];
-        let mut guard = slot.conn.lock().await;
-        if let Some(c) = guard.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        *guard = None;
-        {
-            let b = self.inner.backoff.lock().expect("not poisoned");
-            if let Some(until) = b.until.filter(|u| *u > Instant::now()) {
-                return Err(RemoteError::Backoff {
-                    retry_in_ms: (until - Instant::now()).as_millis() as u64,
-                    last: b.last.clone(),
-                });
+    }
+
+    /// A live connection, looking at the slots from `start` round-robin.
+    fn live(&self, start: usize) -> Option<Arc<Conn>> {
+        let n = self.inner.slots.len();
+        (0..n).find_map(|i| {
+            let mut g = self.inner.slots[(start + i) % n].conn.lock().expect("not poisoned");
+            match g.as_ref() {
+                Some(c) if !c.is_closed() => Some(c.clone()),
+                Some(_) => {
+                    *g = None;
+                    None
+                }
+                None => None,
             }
-        }
-        let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
-        match open_conn(&self.inner.settings, id).await {
-            Ok(c) => {
-                let c = Arc::new(c);
-                *guard = Some(c.clone());
-                self.inner.connects.fetch_add(1, Ordering::Relaxed);
-                *self.inner.backoff.lock().expect("not poisoned") = Backoff::default();
-                *self.inner.down_since.lock().expect("not poisoned") = None;
-                tracing::debug!(conn = id, "SFTP connection established");
-                Ok(c)
-            }
-            Err(e) => {
-                let mut b = self.inner.backoff.lock().expect("not poisoned");
-                b.failures += 1;
-                let exp = CONNECT_BACKOFF.saturating_mul(1 << b.failures.min(8)).min(MAX_CONNECT_BACKOFF);
-                b.until = Some(Instant::now() + exp / 2 + exp.mul_f64(fastrand::f64() / 2.0));
-                b.last = e.to_string();
-                self.inner.down_since.lock().expect("not poisoned").get_or_insert_with(Instant::now);
-                Err(e)
-            }
-        }
+        })
     }
 
     /// How long the server has been unreachable (every connect failing), if it is.
@@ -452,7 +480,7 @@ impl Remote {
     /// Drops `conn` from its slot after a transport error, so the next caller reconnects.
     pub async fn invalidate(&self, conn: &Arc<Conn>) {
         for slot in &self.inner.slots {
-            let mut g = slot.conn.lock().await;
+            let mut g = slot.conn.lock().expect("not poisoned");
             if g.as_ref().is_some_and(|c| c.id == conn.id) {
                 tracing::info!(conn = conn.id, "dropping broken SFTP connection");
                 *g = None;

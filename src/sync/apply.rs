@@ -151,6 +151,11 @@ impl Syncer {
         since: Option<i64>,
         guarded: bool,
     ) -> Result<Action, ApplyError> {
+        // Fault injection for the tests (debug builds only): a bug in an apply.
+        #[cfg(debug_assertions)]
+        if std::env::var_os("SFTP_MIRROR_TEST_PANIC_ON").is_some_and(|p| p.as_encoded_bytes() == path.as_bytes()) {
+            panic!("injected panic for {path} (SFTP_MIRROR_TEST_PANIC_ON)");
+        }
         if !self.filter.allows(path) {
             return Ok(Action::Skipped("excluded by include/exclude"));
         }

@@ -42,6 +42,8 @@ struct State {
     /// READs at an offset below one already asked on the same handle: the
     /// client re-asked for the remainder of a short reply out of order.
     rereads: u64,
+    /// Connections still to stall (see [`Faults::stall_handshakes`]).
+    stall_handshakes: u32,
 }
 
 /// What a lying server says (see [`Faults::lie`]).
@@ -57,6 +59,22 @@ pub struct Lies {
     pub endless_listings: Vec<String>,
     /// READs are never answered.
     pub stall_reads: bool,
+}
+
+impl Faults {
+    /// The next `n` connections are accepted and never spoken to (a server
+    /// that takes TCP and stalls the SSH handshake).
+    pub fn stall_handshakes(&self, n: u32) {
+        self.state().stall_handshakes = n;
+    }
+
+    /// Whether the connection just accepted is to be stalled (counts it).
+    pub(crate) fn take_stalled_handshake(&self) -> bool {
+        let mut st = self.state();
+        let stall = st.stall_handshakes > 0;
+        st.stall_handshakes = st.stall_handshakes.saturating_sub(1);
+        stall
+    }
 }
 
 #[derive(Clone, Copy, Debug)]

@@ -262,6 +262,15 @@ async fn accept_loop(
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
                     conns.accepted.fetch_add(1, Ordering::Relaxed);
+                    if ctx.faults.take_stalled_handshake() {
+                        // Held open, never answered, until the server stops.
+                        let mut stop = stop.clone();
+                        tasks.spawn(async move {
+                            let _tcp = tcp;
+                            let _ = stop.changed().await;
+                        });
+                        continue;
+                    }
                     next_id += 1;
                     match register(tcp, next_id, &conns) {
                         Ok((tcp, conn)) => {

@@ -235,11 +235,17 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(config: &Path) -> Daemon {
+        Daemon::start_with_env(config, &[])
+    }
+
+    /// [`Daemon::start`] with extra environment variables.
+    pub fn start_with_env(config: &Path, env: &[(&str, &str)]) -> Daemon {
         let mut child = Command::new(bin())
             .arg("--config")
             .arg(config)
             .arg("-v")
             .arg("serve")
+            .envs(env.iter().copied())
             .env("RUST_LOG", "sftp_mirror=debug,info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
