@@ -102,6 +102,10 @@ async fn pump(
     let mut in_flight = FuturesUnordered::new();
     let mut flushed_at = progress.contiguous;
     let mut flushing: Option<(u64, tokio::task::JoinHandle<bool>)> = None;
+    // Positioned writes block: they run on a blocking thread of their own,
+    // never on the async workers that serve the webhook and the other transfers.
+    let (writer, mut written) = Writer::start(out).map_err(LocalOrRemote::Local)?;
+    let mut writing = 0usize;
     loop {
         let chunk = u64::from(conn.read_len());
         let window = (WINDOW_BYTES / chunk).clamp(MIN_IN_FLIGHT, MAX_IN_FLIGHT) as usize;
@@ -121,35 +125,44 @@ async fn pump(
             let reply = sftp.read(handle, off, len);
             in_flight.push(async move { (off, len, reply.await) });
         }
-        let Some((off, len, r)) = in_flight.next().await else {
+        if in_flight.is_empty() && writing == 0 {
             break;
-        };
-        match r.map_err(|e| RemoteError::from_sftp(path, e))? {
-            Some(data) if !data.is_empty() => {
-                let n = data.len() as u64;
-                out.write_all_at(&data, off).map_err(LocalOrRemote::Local)?;
-                if n < u64::from(len) {
-                    // A short reply is legal SFTP. In the middle of the file it is
-                    // the server's cap: ask that size from now on, and for the rest
-                    // in order: by moving the next offset back when this was the
-                    // last request made (the probe READ always is), else asking
-                    // for the remainder first.
-                    conn.learn_read_len(n as u32);
-                    if off + u64::from(len) == next {
-                        next = off + n;
-                    } else {
-                        again.push_back((off + n, len - n as u32));
-                    }
-                } else {
-                    conn.confirm_read_len(len);
-                }
-                done.insert(off, off + n);
+        }
+        tokio::select! {
+            w = written.recv(), if writing > 0 => {
+                writing -= 1;
+                let (off, end) = w.expect("the writer answers every write").map_err(LocalOrRemote::Local)?;
+                done.insert(off, end);
                 while let Some(end) = done.remove(&progress.contiguous) {
                     progress.contiguous = end;
                 }
             }
-            // End of file before `size`: the file shrank; the caller re-checks.
-            _ => eof_at = Some(eof_at.map_or(off, |e| e.min(off))),
+            Some((off, len, r)) = in_flight.next(), if !in_flight.is_empty() => {
+                match r.map_err(|e| RemoteError::from_sftp(path, e))? {
+                    Some(data) if !data.is_empty() => {
+                        let n = data.len() as u64;
+                        if n < u64::from(len) {
+                            // A short reply is legal SFTP. In the middle of the file it is
+                            // the server's cap: ask that size from now on, and for the rest
+                            // in order: by moving the next offset back when this was the
+                            // last request made (the probe READ always is), else asking
+                            // for the remainder first.
+                            conn.learn_read_len(n as u32);
+                            if off + u64::from(len) == next {
+                                next = off + n;
+                            } else {
+                                again.push_back((off + n, len - n as u32));
+                            }
+                        } else {
+                            conn.confirm_read_len(len);
+                        }
+                        writer.write(off, data).await.map_err(LocalOrRemote::Local)?;
+                        writing += 1;
+                    }
+                    // End of file before `size`: the file shrank; the caller re-checks.
+                    _ => eof_at = Some(eof_at.map_or(off, |e| e.min(off))),
+                }
+            }
         }
         if let Some((upto, h)) = flushing.take_if(|(_, h)| h.is_finished()) {
             if h.await.unwrap_or(false) {
@@ -170,6 +183,39 @@ async fn pump(
         }
     }
     Ok(eof_at)
+}
+
+/// Writes queued at most per download (bounds the memory they hold).
+const WRITE_QUEUE: usize = 32;
+
+/// A blocking thread doing one download's positioned writes, in order.
+struct Writer {
+    queue: tokio::sync::mpsc::Sender<(u64, bytes::Bytes)>,
+}
+
+/// Each write's range once it is in the file (or why it is not).
+type Written = tokio::sync::mpsc::UnboundedReceiver<std::io::Result<(u64, u64)>>;
+
+impl Writer {
+    fn start(out: &std::fs::File) -> std::io::Result<(Writer, Written)> {
+        let file = out.try_clone()?;
+        let (queue, mut rx) = tokio::sync::mpsc::channel::<(u64, bytes::Bytes)>(WRITE_QUEUE);
+        let (tx, written) = tokio::sync::mpsc::unbounded_channel();
+        // Ends when the download drops its end of the queue.
+        tokio::task::spawn_blocking(move || {
+            while let Some((off, data)) = rx.blocking_recv() {
+                let r = file.write_all_at(&data, off).map(|()| (off, off + data.len() as u64));
+                if tx.send(r).is_err() {
+                    break;
+                }
+            }
+        });
+        Ok((Writer { queue }, written))
+    }
+
+    async fn write(&self, off: u64, data: bytes::Bytes) -> std::io::Result<()> {
+        self.queue.send((off, data)).await.map_err(|_| std::io::Error::other("the writer thread stopped"))
+    }
 }
 
 /// A download failed on our side (disk) or the server's.
