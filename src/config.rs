@@ -195,6 +195,9 @@ pub enum LogFormat {
     Human,
     /// One JSON object per line, for log shippers.
     Json,
+    /// For systemd's journal: each line starts with its syslog priority
+    /// (`<4>` …, sd-daemon's convention) and carries no timestamp of its own.
+    Journald,
 }
 
 /// Every problem found, one per line, each naming its key.
@@ -262,6 +265,8 @@ const KEYS: &[(&str, &[&str])] = &[
 struct Reader {
     tree: HashMap<String, HashMap<String, Value>>,
     problems: Vec<String>,
+    /// `JOURNAL_STREAM` is set: stderr goes to systemd's journal.
+    under_journal: bool,
 }
 
 fn kind_name(v: &Value) -> &'static str {
@@ -570,7 +575,8 @@ fn reader(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Reader, 
         one(format!("{place}{e}"))
     })?;
     let top: HashMap<String, Value> = cfg.try_deserialize().map_err(|e| one(format!("configuration: {e}")))?;
-    let mut r = Reader { tree: HashMap::new(), problems: Vec::new() };
+    let mut r =
+        Reader { tree: HashMap::new(), problems: Vec::new(), under_journal: env.contains_key("JOURNAL_STREAM") };
     for (section, v) in top {
         let Some((_, keys)) = KEYS.iter().find(|(s, _)| *s == section) else {
             r.problems.push(format!(
@@ -795,10 +801,16 @@ fn validate(r: &mut Reader, opts: LoadOptions) -> Option<Settings> {
 
     // [log]
     let format = match r.string("log", "format").as_deref().map(str::trim) {
+        None if r.under_journal => LogFormat::Journald,
         None | Some("human") => LogFormat::Human,
         Some("json") => LogFormat::Json,
+        Some("journald") => LogFormat::Journald,
         Some(other) => {
-            r.problem("log", "format", format!("invalid value {other:?}: expected \"human\" or \"json\""));
+            r.problem(
+                "log",
+                "format",
+                format!("invalid value {other:?}: expected \"human\", \"json\" or \"journald\""),
+            );
             LogFormat::Human
         }
     };

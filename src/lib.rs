@@ -5,9 +5,10 @@
 //! - [`event`]: the SFTP To Go event model and [`event::RemotePath`], the validated path type.
 //! - [`webhook`]: the warp endpoint: verify (HMAC, Authorization), parse, journal, answer.
 //! - [`journal`]: the durable SQLite event journal that survives crashes.
-//! - [`remote`]: the SFTP side (russh + russh-sftp): sessions, host keys, downloads, listings.
+//! - [`remote`]: the SFTP side (russh + our SFTP v3 client): sessions, host keys, downloads, listings.
 //! - [`mirror`]: the local side: confined, atomic file operations on the mirror folder.
 //! - [`sync`]: the one place joining both: apply one path, dispatch events, reconcile trees.
+//! - [`logfmt`]: the `journald` log format.
 //!
 //! The rule everywhere: the remote is the truth, an event is a hint (SPEC §2).
 #![forbid(unsafe_code)]
@@ -20,6 +21,7 @@ pub mod daemon;
 pub mod demo;
 pub mod event;
 pub mod journal;
+pub mod logfmt;
 pub mod mirror;
 pub mod remote;
 pub mod sync;

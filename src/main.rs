@@ -142,6 +142,7 @@ fn init_logging(quiet: bool, verbose: u8, format: LogFormat) {
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),
+        LogFormat::Journald => builder.with_ansi(false).event_format(sftp_mirror::logfmt::Journald).try_init(),
     };
 }
 

@@ -331,7 +331,15 @@ async fn shutdown_drops_live_connections() {
     })
     .await
     .unwrap();
-    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
+    // Nothing listens there any more. (A connect can still succeed when another
+    // test's socket took the freed port meanwhile, or by a TCP self-connect on an
+    // ephemeral port: then no SSH server answers on it.)
+    if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
+        use tokio::io::AsyncReadExt;
+        let mut banner = [0u8; 4];
+        let got = tokio::time::timeout(Duration::from_millis(500), s.read(&mut banner)).await;
+        assert!(!matches!(got, Ok(Ok(4)) if &banner == b"SSH-"), "the server still answers after shutdown");
+    }
 }
 
 // ---------------------------------------------------------------- faults
