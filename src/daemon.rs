@@ -265,10 +265,7 @@ async fn reconcile_pass(syncer: &Arc<Syncer>, ratio: f64, concurrency: usize) ->
         reconcile::run(syncer, reconcile::Options::default(), ratio, concurrency, &reconcile::Quiet, &mut |_| {}).await;
     let (ok, result) = match r {
         Ok(s) => {
-            let line = format!(
-                "{} downloaded ({} bytes), {} dirs created, {} deleted, {} unchanged, {} failed, {:.2} s",
-                s.downloaded, s.bytes, s.dirs_created, s.deleted, s.unchanged, s.failed, s.seconds
-            );
+            let line = s.to_string();
             if s.failed == 0 {
                 tracing::info!("reconcile pass done: {line}");
             } else {

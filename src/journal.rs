@@ -177,6 +177,8 @@ pub struct EventRow {
     pub last_error: Option<String>,
     /// Epoch milliseconds of the next try, for pending rows.
     pub next_attempt_ms: Option<i64>,
+    /// What applying it did (`done` rows): "downloaded 9 B", "removed" …
+    pub outcome: Option<String>,
 }
 
 type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
@@ -204,7 +206,8 @@ CREATE TABLE IF NOT EXISTS events (
     last_error  TEXT,
     updated_ms  INTEGER NOT NULL,
     body        BLOB    NOT NULL,
-    forced      INTEGER NOT NULL DEFAULT 0
+    forced      INTEGER NOT NULL DEFAULT 0,
+    outcome     TEXT
 );
 CREATE INDEX IF NOT EXISTS events_due ON events(status, next_at_ms, seq);
 ";
@@ -270,11 +273,13 @@ impl Journal {
         // Room for every statement the daemon uses, so none is parsed twice.
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)?;
-        // Journals made before the event delete guard lack its column.
-        let has_forced: bool =
-            conn.prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = 'forced'")?.exists([])?;
-        if !has_forced {
-            conn.execute_batch("ALTER TABLE events ADD COLUMN forced INTEGER NOT NULL DEFAULT 0")?;
+        // Journals made by earlier versions lack the newer columns.
+        for (column, decl) in [("forced", "INTEGER NOT NULL DEFAULT 0"), ("outcome", "TEXT")] {
+            let has: bool =
+                conn.prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = ?1")?.exists([column])?;
+            if !has {
+                conn.execute_batch(&format!("ALTER TABLE events ADD COLUMN {column} {decl}"))?;
+            }
         }
         if resume {
             conn.execute(
@@ -423,19 +428,19 @@ impl Journal {
         .await
     }
 
-    /// Marks rows `done`.
+    /// Marks rows `done`, with what was done (`events` shows it).
     ///
     /// # Errors
     /// On a database error.
-    pub async fn complete(&self, seqs: Vec<i64>) -> Result<(), JournalError> {
+    pub async fn complete(&self, seqs: Vec<i64>, outcome: String) -> Result<(), JournalError> {
         self.call(move |c| {
             let now = now_ms();
             let mut st = c.prepare_cached(
-                "UPDATE events SET status = 'done', attempts = attempts + 1, last_error = NULL, updated_ms = ?2
-                 WHERE seq = ?1",
+                "UPDATE events SET status = 'done', attempts = attempts + 1, last_error = NULL, updated_ms = ?2,
+                 outcome = ?3 WHERE seq = ?1",
             )?;
             for s in seqs {
-                st.execute(params![s, now])?;
+                st.execute(params![s, now, outcome])?;
             }
             Ok(())
         })
@@ -521,7 +526,7 @@ impl Journal {
     pub async fn list(&self, status: Option<Status>, limit: usize) -> Result<Vec<EventRow>, JournalError> {
         self.call(move |c| {
             let mut st = c.prepare_cached(
-                "SELECT seq, event_id, topic, path, received_ms, status, attempts, last_error, next_at_ms
+                "SELECT seq, event_id, topic, path, received_ms, status, attempts, last_error, next_at_ms, outcome
                  FROM events WHERE (?1 IS NULL OR status = ?1) ORDER BY seq DESC LIMIT ?2",
             )?;
             let rows = st.query_map(params![status.map(Status::as_str), limit as i64], |r| {
@@ -536,6 +541,7 @@ impl Journal {
                     attempts: r.get(6)?,
                     last_error: r.get(7)?,
                     next_attempt_ms: (status == Status::Pending).then(|| r.get(8)).transpose()?,
+                    outcome: r.get(9)?,
                 })
             })?;
             rows.collect()
@@ -770,7 +776,7 @@ mod tests {
         let jobs = j.claim(10).await.unwrap();
         assert_eq!(jobs.iter().map(|j| j.event_id.as_str()).collect::<Vec<_>>(), ["a", "b"]);
         assert!(j.claim(10).await.unwrap().is_empty(), "running rows are not claimed twice");
-        j.complete(vec![jobs[0].seq]).await.unwrap();
+        j.complete(vec![jobs[0].seq], "unchanged".into()).await.unwrap();
         // A duplicate of a done event is not queued again.
         assert_eq!(j.record(ev("a", "x")).await.unwrap(), Recorded::Duplicate);
         drop(j);
@@ -882,7 +888,7 @@ mod tests {
         j.record(ev("a", "x")).await.unwrap();
         j.record(ev("b", "y")).await.unwrap();
         let jobs = j.claim(1).await.unwrap();
-        j.complete(vec![jobs[0].seq]).await.unwrap();
+        j.complete(vec![jobs[0].seq], "unchanged".into()).await.unwrap();
         assert_eq!(j.prune(now_ms() - 60_000).await.unwrap(), 0);
         assert_eq!(j.prune(now_ms() + 1).await.unwrap(), 1);
         assert_eq!(j.counts().await.unwrap(), vec![(Status::Pending, 1)]);

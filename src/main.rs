@@ -215,6 +215,9 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
                     if let Some(e) = r.last_error {
                         tail = format!("{tail}  ({e})");
                     }
+                    if let Some(o) = r.outcome {
+                        tail = format!("{tail}  → {o}");
+                    }
                     println!(
                         "{:<36} {:<13} {:<8} {:>3} {:<24} {tail}",
                         r.id,

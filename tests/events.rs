@@ -62,13 +62,19 @@ fn events_are_hints_the_remote_is_the_truth() {
 fn a_hundred_duplicates_download_once() {
     let env = Env::new();
     env.put("dup.txt", b"once");
-    let d = env.serve(&Opts::default());
+    let cfg = env.config(&Opts::default());
+    let d = Daemon::start(&cfg);
     for _ in 0..100 {
         assert_eq!(d.send(&event("same-id", "file.created", "dup.txt")).status, 204);
     }
-    wait_for("dup.txt", || env.mirror().join("dup.txt").exists());
-    std::thread::sleep(std::time::Duration::from_millis(300));
-    assert_eq!(d.log().matches("Downloaded(4)").count(), 1, "{}", d.log());
+    // One row for the id, done once (duplicates are answered, not queued).
+    wait_for("the event done", || {
+        journal_rows(&cfg, &[]).iter().any(|r| r["id"] == "same-id" && r["status"] == "done")
+    });
+    assert_eq!(journal_rows(&cfg, &[]).len(), 1);
+    wait_for("the change in the log", || d.log().contains("downloaded 4 B"));
+    let downloads = d.log().lines().filter(|l| l.contains(" INFO ") && l.contains("downloaded 4 B")).count();
+    assert_eq!(downloads, 1, "{}", d.log());
 }
 
 #[test]
@@ -248,4 +254,28 @@ fn an_event_that_would_empty_a_directory_is_held_until_retry() {
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     wait_for("the retried event", || row("empty-d").is_some_and(|r| r["status"] == "done"));
     assert_eq!(std::fs::read_dir(env.mirror().join("d")).unwrap().count(), 0);
+}
+
+#[test]
+fn every_change_is_logged_once_with_its_path_and_event_and_events_shows_the_outcome() {
+    let env = Env::new();
+    env.put("pre.txt", b"reconciled");
+    let cfg = env.config(&Opts { on_start: true, ..Default::default() });
+    let d = Daemon::start(&cfg);
+    wait_for("the start-up pass", || env.mirror().join("pre.txt").exists());
+    env.put("log.txt", b"nine byte");
+    assert_eq!(d.send(&event("lg1", "file.created", "log.txt")).status, 204);
+    let row = |id: &str| journal_rows(&cfg, &[]).into_iter().find(|r| r["id"] == id);
+    wait_for("the event done", || row("lg1").is_some_and(|r| r["status"] == "done"));
+    assert_eq!(row("lg1").unwrap()["outcome"], "downloaded 9 B");
+    wait_for("the change in the log", || d.log().contains("downloaded 9 B"));
+    let log = d.log();
+    let info = |l: &&str| l.contains(" INFO ");
+    let lines: Vec<&str> = log.lines().filter(info).filter(|l| l.contains("downloaded 9 B")).collect();
+    assert_eq!(lines.len(), 1, "logged once at info: {log}");
+    assert!(lines[0].contains("log.txt") && lines[0].contains("lg1"), "{}", lines[0]);
+    let pre: Vec<&str> =
+        log.lines().filter(info).filter(|l| l.contains("downloaded") && l.contains("pre.txt")).collect();
+    assert!(pre.len() == 1 && pre[0].contains("reconcile"), "{pre:?}");
+    assert!(!log.contains("Downloaded("), "no Rust Debug values in the log: {log}");
 }

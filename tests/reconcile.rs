@@ -264,5 +264,6 @@ fn output_into_a_closed_pipe_ends_quietly_and_logs_have_no_colour() {
     assert!(status.success() || status.signal() == Some(13), "{status:?}: {err}");
     // stderr is a pipe here: no escape sequences in the log.
     let d = env.serve(&Opts::default());
-    assert!(d.log().contains("webhook listening") && !d.log().contains('\u{1b}'), "{}", d.log());
+    wait_for("the listening line in the log", || d.log().contains("webhook listening"));
+    assert!(!d.log().contains('\u{1b}'), "{}", d.log());
 }

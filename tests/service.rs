@@ -476,9 +476,9 @@ fn the_start_up_reconcile_runs_and_healthz_reports_it() {
     wait_for("the start-up pass", || get(admin, "/healthz").body.contains("\"last_reconcile\":{"));
     let h: serde_json::Value = serde_json::from_str(&get(admin, "/healthz").body).unwrap();
     assert_eq!(h["last_reconcile"]["ok"], true, "{h}");
-    assert!(h["last_reconcile"]["result"].as_str().unwrap().starts_with("1 downloaded"), "{h}");
+    assert!(h["last_reconcile"]["result"].as_str().unwrap().starts_with("1 file downloaded"), "{h}");
     assert_eq!(std::fs::read(env.mirror().join("found/by/reconcile.txt")).unwrap(), b"no event announced me");
-    assert!(d.log().contains("reconcile pass done: 1 downloaded"), "{}", d.log());
+    assert!(d.log().contains("reconcile pass done: 1 file downloaded"), "{}", d.log());
     assert!(metric(&get(admin, "/metrics").body, "sftp_mirror_last_reconcile_success") == 1.0);
 }
 
@@ -489,7 +489,7 @@ fn under_systemd_log_lines_carry_their_priority_and_no_timestamp() {
     let d = Daemon::start_with_env(&cfg, &[("JOURNAL_STREAM", "8:12345")]);
     let bad = [("X-Hub-Signature", "sha256=00")];
     assert_eq!(request(d.addr, "POST", "/webhook", &bad, b"{}").status, 401);
-    wait_for("the refusal line", || d.log().contains("webhook refused (401)"));
+    wait_for("the refusal line", || d.log().contains("webhook refused (401)") && d.log().contains("webhook listening"));
     let log = d.log();
     let listening = log.lines().find(|l| l.contains("webhook listening")).unwrap();
     assert!(listening.starts_with("<6>"), "{listening}");

@@ -68,6 +68,20 @@ pub struct SyncStats {
     pub applies: std::sync::Mutex<std::collections::BTreeMap<(&'static str, &'static str), u64>>,
 }
 
+impl std::fmt::Display for Action {
+    /// What was done, for people (`events`, logs).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Action::Downloaded(n) => write!(f, "downloaded {}", crate::sync::reconcile::human_bytes(*n)),
+            Action::MadeDir => f.write_str("directory created"),
+            Action::Removed => f.write_str("removed"),
+            Action::Unchanged => f.write_str("unchanged (the mirror already matched the remote)"),
+            Action::KeptNoDelete => f.write_str("kept: gone on the remote, but mirror.delete = false"),
+            Action::Skipped(why) => write!(f, "skipped: {why}"),
+        }
+    }
+}
+
 impl Action {
     /// A short label for metrics and logs.
     pub fn label(&self) -> &'static str {
@@ -311,6 +325,7 @@ impl Syncer {
                 }
                 if blocking(move || m.make_dir(&p)).await? {
                     self.stats.dirs.fetch_add(1, Ordering::Relaxed);
+                    tracing::info!(path = %path, action = "mkdir", "directory created");
                     Ok(Action::MadeDir)
                 } else {
                     Ok(Action::Unchanged)
@@ -341,6 +356,7 @@ impl Syncer {
         let (m, p) = (self.mirror.clone(), path.clone());
         blocking(move || m.remove(&p)).await?;
         self.stats.removed.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(path = %path, action = "remove", "removed: the remote no longer has it");
         Ok(Action::Removed)
     }
 
@@ -366,6 +382,7 @@ impl Syncer {
         }) {
             return Ok(Action::Unchanged);
         }
+        let started = std::time::Instant::now();
         let rpath = self.remote.path_of(path.as_bytes());
         let shown_path = path.lossy().into_owned();
         let _permit = self.transfers.acquire().await.map_err(|e| ApplyError::Internal(e.to_string()))?;
@@ -422,6 +439,14 @@ impl Syncer {
                             blocking(move || m.commit(staged, &p, mtime)).await?;
                             self.stats.files.fetch_add(1, Ordering::Relaxed);
                             self.stats.bytes.fetch_add(d.bytes, Ordering::Relaxed);
+                            tracing::info!(
+                                path = %path,
+                                action = "download",
+                                bytes = d.bytes,
+                                ms = started.elapsed().as_millis() as u64,
+                                "downloaded {}",
+                                crate::sync::reconcile::human_bytes(d.bytes)
+                            );
                             return Ok(Action::Downloaded(d.bytes));
                         }
                         Some(n) if n.kind == RemoteKind::File => {

@@ -181,8 +181,9 @@ pub async fn run(
 async fn finish(journal: &Journal, syncer: &Syncer, d: Done) {
     let r = match d.result {
         Ok(action) => {
-            tracing::info!(?action, events = d.seqs.len(), "applied");
-            journal.complete(d.seqs).await
+            // The change itself was logged where it happened (see `Syncer`).
+            tracing::debug!(events = d.seqs.len(), "applied: {action}");
+            journal.complete(d.seqs, action.to_string()).await
         }
         Err((true, e)) => {
             syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

@@ -447,10 +447,15 @@ pub async fn run(
         while running.len() < concurrency.max(1) {
             let Some(op) = ops.next() else { break };
             let s = syncer.clone();
-            running.push(async move {
-                let r = execute(&s, &op).await;
-                (op, r)
-            });
+            // Changes are logged with `event=reconcile` (events log their id).
+            let span = tracing::info_span!("apply", event = "reconcile");
+            running.push(tracing::Instrument::instrument(
+                async move {
+                    let r = execute(&s, &op).await;
+                    (op, r)
+                },
+                span,
+            ));
         }
         let Some((op, r)) = running.next().await else { break };
         progress.done_one(&op, r.is_ok());
