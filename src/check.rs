@@ -148,5 +148,22 @@ pub async fn run(config: Option<&Path>, env: &HashMap<String, String>, trust: bo
         Ok(_) => good(out, format!("journal {} is writable", s.journal.path.display())),
         Err(e) => return bad(out, format!("journal {}: {e}", s.journal.path.display()), FAILED),
     }
+
+    // What `serve` will need next: its listeners and the TLS files. (A running
+    // daemon holds its own ports: stop it first, or expect these to be taken.)
+    let wh = &s.webhook;
+    if let (Some(cert), Some(key)) = (&wh.tls_cert, &wh.tls_key) {
+        match crate::webhook::server::load_tls(cert, key) {
+            Ok(_) => good(out, format!("TLS certificate {} and key load", cert.display())),
+            Err(e) => return bad(out, e, CONFIG),
+        }
+    }
+    for (what, addr) in [("webhook.listen", Some(wh.listen)), ("admin.listen", s.admin.listen)] {
+        let Some(addr) = addr else { continue };
+        match std::net::TcpListener::bind(addr) {
+            Ok(_) => good(out, format!("{what} {addr} is free")),
+            Err(e) => return bad(out, format!("{what} {addr}: cannot listen: {e}"), CONFIG),
+        }
+    }
     OK
 }

@@ -497,3 +497,35 @@ fn under_systemd_log_lines_carry_their_priority_and_no_timestamp() {
     assert!(refused.starts_with("<4>"), "{refused}");
     assert!(!log.contains("Z ") && !log.contains('\u{1b}'), "no timestamps or colour of our own: {log}");
 }
+
+#[test]
+fn a_taken_port_or_a_missing_tls_key_is_a_setup_error_for_serve_and_check() {
+    let env = Env::new();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let cfg = env.config(&Opts::default());
+    let base = std::fs::read_to_string(&cfg).unwrap();
+    let busy = env.dir.path().join("busy.toml");
+    std::fs::write(&busy, base.replace("listen = \"127.0.0.1:0\"", &format!("listen = \"127.0.0.1:{port}\""))).unwrap();
+    let run = |cfg: &Path, cmd: &str| Command::new(bin()).arg("--config").arg(cfg).arg(cmd).output().unwrap();
+    let out = run(&busy, "serve");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("cannot listen on"), "{}", text(&out.stderr));
+    let out = run(&busy, "check");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("✗ webhook.listen"), "{}", text(&out.stdout));
+
+    let certs = env.dir.path().join("certs");
+    std::fs::create_dir_all(&certs).unwrap();
+    let cert = certs.join("cert.pem");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let tls = env.dir.path().join("tls.toml");
+    let extra = format!("tls_cert = {cert:?}\ntls_key = {:?}\n[admin]", certs.join("missing-key.pem"));
+    std::fs::write(&tls, base.replacen("[admin]", &extra, 1)).unwrap();
+    let out = run(&tls, "serve");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("webhook.tls_"), "{}", text(&out.stderr));
+    let out = run(&tls, "check");
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
+    drop(taken);
+}
