@@ -16,10 +16,16 @@ use tokio_util::sync::CancellationToken;
 /// Keeps a local folder an exact mirror of an SFTP To Go storage, driven by its
 /// signed webhooks (the remote is the truth, an event is a hint).
 #[derive(Parser)]
-#[command(version, about, long_about = None)]
+#[command(
+    version,
+    about,
+    long_about = None,
+    after_help = "Exit codes: 0 success / converged; 1 finished with failures; 2 bad configuration or usage; \
+                  3 reconcile refused by the delete guard; 4 cannot reach or log in to the SFTP server, or host key mismatch."
+)]
 struct Cli {
-    /// Configuration file (TOML); environment variables SFTP_MIRROR__SECTION__KEY
-    /// and SFTPTOGO_URL override it.
+    /// Configuration file (TOML) [default: /etc/sftp-mirror/config.toml, if it exists];
+    /// environment variables SFTP_MIRROR__SECTION__KEY and SFTPTOGO_URL override it.
     #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     /// More logging (-v debug, -vv trace).

@@ -529,3 +529,12 @@ fn a_taken_port_or_a_missing_tls_key_is_a_setup_error_for_serve_and_check() {
     assert_eq!(out.status.code(), Some(2), "{}", text(&out.stdout));
     drop(taken);
 }
+
+#[test]
+fn help_names_the_default_config_and_the_exit_codes() {
+    let out = Command::new(bin()).arg("--help").output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    assert!(help.contains("/etc/sftp-mirror/config.toml"), "{help}");
+    assert!(help.contains("Exit codes: 0 success") && help.contains("4 cannot reach"), "{help}");
+}
