@@ -3,7 +3,7 @@
 //! the exit code of SPEC §4. `--trust-host-key` records the server's key in
 //! `known_hosts` on first use, and refuses if a different one is recorded.
 
-use crate::config::{HostKeyPolicy, LoadOptions, Settings, SftpAuth};
+use crate::config::{HostKeyPolicy, Settings, SftpAuth};
 use crate::journal::Journal;
 use crate::mirror::Mirror;
 use crate::remote::{probe_host_key, verify_host_key, Remote, RemoteKind};
@@ -30,7 +30,7 @@ fn bad(out: &mut dyn Write, msg: impl std::fmt::Display, code: u8) -> u8 {
 /// Runs every step; returns the exit code.
 pub async fn run(config: Option<&Path>, env: &HashMap<String, String>, trust: bool, out: &mut dyn Write) -> u8 {
     let shown = config.map_or_else(|| "(no file; environment only)".to_owned(), |p| p.display().to_string());
-    let s = match Settings::load_from_opts(config, env, LoadOptions { allow_missing_known_hosts: trust }) {
+    let s = match Settings::load_from(config, env) {
         Ok(s) => s,
         Err(e) => {
             let _ = writeln!(out, "✗ config {shown}:");

@@ -208,13 +208,6 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
-/// Loader switches.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LoadOptions {
-    /// Accept a `known_hosts` file that does not exist yet (`check --trust-host-key` creates it).
-    pub allow_missing_known_hosts: bool,
-}
-
 /// The keys each section accepts.
 const KEYS: &[(&str, &[&str])] = &[
     (
@@ -498,20 +491,8 @@ impl Settings {
     /// # Errors
     /// As [`Settings::load`].
     pub fn load_from(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Settings, ConfigError> {
-        Self::load_from_opts(file, env, LoadOptions::default())
-    }
-
-    /// Like [`Settings::load_from`] with loader switches.
-    ///
-    /// # Errors
-    /// As [`Settings::load`].
-    pub fn load_from_opts(
-        file: Option<&Path>,
-        env: &HashMap<String, String>,
-        opts: LoadOptions,
-    ) -> Result<Settings, ConfigError> {
         let mut r = reader(file, env)?;
-        let settings = validate(&mut r, opts);
+        let settings = validate(&mut r);
         if r.problems.is_empty() {
             Ok(settings.expect("no problems means complete settings"))
         } else {
@@ -653,7 +634,7 @@ fn webhook_secrets(r: &mut Reader) -> Vec<Secret> {
     unique
 }
 
-fn validate(r: &mut Reader, opts: LoadOptions) -> Option<Settings> {
+fn validate(r: &mut Reader) -> Option<Settings> {
     // [sftp]
     let host = r.string("sftp", "host").filter(|h| !h.trim().is_empty());
     if host.is_none() {
@@ -692,11 +673,10 @@ fn validate(r: &mut Reader, opts: LoadOptions) -> Option<Settings> {
             None
         }
         (Some(p), None) => {
-            if !opts.allow_missing_known_hosts && !p.is_file() {
-                r.problems.push(format!(
-                    "sftp.known_hosts: {} does not exist; record the server's key with `sftp-mirror check --trust-host-key`",
-                    p.display()
-                ));
+            // A file not there yet knows no key: connecting shows the key and
+            // how to record it (exit 4), as for any unknown key.
+            if p.exists() && !p.is_file() {
+                r.problems.push(format!("sftp.known_hosts: {} is not a file", p.display()));
             }
             Some(HostKeyPolicy::KnownHosts(p))
         }
@@ -981,7 +961,7 @@ mod tests {
     }
 
     #[test]
-    fn unreadable_secret_file_and_missing_known_hosts() {
+    fn an_unreadable_secret_file_is_a_problem_and_a_missing_known_hosts_is_not() {
         let f = Fixture::new();
         let p = f.file(
             "[sftp]\nhost = \"h\"\nusername = \"u\"\npassword_file = \"DIR/nope\"\nknown_hosts = \"DIR/kh2\"\n\
@@ -989,7 +969,9 @@ mod tests {
         );
         let ps = problems(Settings::load_from(Some(&p), &env(&[])));
         assert!(ps.iter().any(|p| p.starts_with("sftp.password_file: cannot read")), "{ps:?}");
-        assert!(ps.iter().any(|p| p.contains("check --trust-host-key")), "{ps:?}");
+        // A known_hosts not there yet is no configuration problem: connecting
+        // shows the key and how to record it (exit 4).
+        assert!(!ps.iter().any(|p| p.contains("known_hosts")), "{ps:?}");
     }
 
     #[test]
@@ -1023,7 +1005,7 @@ mod tests {
         let f = Fixture::new();
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/sftp-mirror.example.toml"))
             .unwrap()
-            .replace("/etc/sftp-mirror/known_hosts", &f.dir.path().join("known_hosts").display().to_string())
+            .replace("/var/lib/sftp-mirror/known_hosts", &f.dir.path().join("known_hosts").display().to_string())
             .replace("/etc/sftp-mirror/password", &f.dir.path().join("pw").display().to_string())
             .replace("/etc/sftp-mirror/webhook-secret", &f.dir.path().join("pw").display().to_string());
         let p = f.dir.path().join("example.toml");

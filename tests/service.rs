@@ -43,8 +43,11 @@ fn trust_host_key_records_a_line_that_the_next_check_accepts() {
     let kh = env.dir.path().join("new_known_hosts");
     let auth = format!("private_key = {:?}\nknown_hosts = {kh:?}", env.sshd.client_key_path());
     let o = Opts { sftp_auth: Some(auth), ..Default::default() };
+    // A known_hosts not there yet knows no key: the key is shown, exit 4.
     let out = env.run(&o, &["check"]);
-    assert_eq!(out.status.code(), Some(2), "a missing known_hosts is a config error: {}", text(&out.stdout));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains(&env.sshd.host_key_fingerprint()), "{}", text(&out.stdout));
+    assert!(text(&out.stdout).contains("--trust-host-key"), "{}", text(&out.stdout));
     let out = env.run(&o, &["check", "--trust-host-key"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
     let line = std::fs::read_to_string(&kh).unwrap();

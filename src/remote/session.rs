@@ -143,6 +143,10 @@ impl client::Handler for Client {
                     })
                 }
             }
+            // Not there yet: it knows no key (`check --trust-host-key` records one).
+            Some(HostKeyPolicy::KnownHosts(path)) if !path.exists() => {
+                Some(RemoteError::HostKeyUnknown { addr, fingerprint, algorithm })
+            }
             Some(HostKeyPolicy::KnownHosts(path)) => {
                 match russh::keys::check_known_hosts_path(&self.host, self.port, key, path) {
                     Ok(true) => None,
