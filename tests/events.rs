@@ -185,48 +185,41 @@ fn a_directory_event_brings_the_whole_subtree_in_line() {
     assert_eq!(std::fs::read(env.mirror().join("d/new.txt")).unwrap(), b"new");
 }
 
+/// Two same-size versions of `name` that both carry `mtime`, each announced by
+/// its own `file.created`: the second must land, though size and mtime match.
+fn rewrite_with_the_same_size_and_mtime(name: &str, mtime: std::time::SystemTime, v1: &[u8], v2: &[u8]) {
+    let env = Env::new();
+    let put = |data: &[u8]| {
+        env.put(name, data);
+        std::fs::File::options().write(true).open(env.remote().join(name)).unwrap().set_modified(mtime).unwrap();
+    };
+    let mirrored = || std::fs::read(env.mirror().join(name)).unwrap_or_default();
+    put(v1);
+    let d = env.serve(&Opts::default());
+    assert_eq!(d.send(&event("v1", "file.created", name)).status, 204);
+    wait_for("the first version", || mirrored() == v1);
+    put(v2); // same size, same mtime: only the event says it changed
+    assert_eq!(d.send(&event("v2", "file.created", name)).status, 204);
+    wait_for("the second version, announced only by its event", || mirrored() == v2);
+    // A duplicate of that event is answered and changes nothing more.
+    assert_eq!(d.send(&event("v2", "file.created", name)).status, 204);
+}
+
 #[test]
 fn a_same_size_rewrite_within_the_same_second_is_fetched_on_its_event() {
-    let env = Env::new();
     // SFTP mtimes are whole seconds. Both versions carry the same one, a little
     // ahead so that our first copy is surely made within that second, as it is
     // for an upload followed at once by its event.
     let mtime = std::time::SystemTime::now() + std::time::Duration::from_secs(2);
-    let put = |data: &[u8]| {
-        env.put("racy.txt", data);
-        std::fs::File::options().write(true).open(env.remote().join("racy.txt")).unwrap().set_modified(mtime).unwrap();
-    };
-    let mirrored = || std::fs::read(env.mirror().join("racy.txt")).unwrap_or_default();
-    put(b"first");
-    let d = env.serve(&Opts::default());
-    assert_eq!(d.send(&event("r1", "file.created", "racy.txt")).status, 204);
-    wait_for("the first version", || mirrored() == b"first");
-
-    put(b"again"); // same size, same mtime: only the event says it changed
-    assert_eq!(d.send(&event("r2", "file.created", "racy.txt")).status, 204);
-    wait_for("the rewritten version", || mirrored() == b"again");
+    rewrite_with_the_same_size_and_mtime("racy.txt", mtime, b"first", b"again");
 }
 
 #[test]
 fn an_event_received_after_our_copy_fetches_again_even_with_the_same_size_and_an_old_mtime() {
-    let env = Env::new();
     // A server that lets clients set mtimes: both versions claim the same old
     // mtime, so size and mtime cannot tell them apart (and the copy is not racy).
     let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_600_000_000);
-    let put = |data: &[u8]| {
-        env.put("kept.txt", data);
-        std::fs::File::options().write(true).open(env.remote().join("kept.txt")).unwrap().set_modified(old).unwrap();
-    };
-    let mirrored = || std::fs::read(env.mirror().join("kept.txt")).unwrap_or_default();
-    put(b"version one");
-    let d = env.serve(&Opts::default());
-    assert_eq!(d.send(&event("k1", "file.created", "kept.txt")).status, 204);
-    wait_for("the first version", || mirrored() == b"version one");
-    put(b"version two");
-    assert_eq!(d.send(&event("k2", "file.created", "kept.txt")).status, 204);
-    wait_for("the second version, announced only by its event", || mirrored() == b"version two");
-    // A duplicate of that event is answered and changes nothing more.
-    assert_eq!(d.send(&event("k2", "file.created", "kept.txt")).status, 204);
+    rewrite_with_the_same_size_and_mtime("kept.txt", old, b"version one", b"version two");
 }
 
 #[test]
