@@ -10,13 +10,29 @@ use crate::remote::{probe_host_key, verify_host_key, Remote, RemoteKind};
 use russh::keys::HashAlg;
 use std::collections::HashMap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 /// Exit codes (SPEC §4).
 const OK: u8 = 0;
 const FAILED: u8 = 1;
 const CONFIG: u8 = 2;
 const ACCESS: u8 = 4;
+
+/// Run as root, hands what `check` created (`paths` that exist) to the owner
+/// of `folder`: the daemon's user must write them later, and root-owned ones
+/// stopped it with "attempt to write a readonly database".
+fn hand_over(folder: Option<&Path>, paths: &[PathBuf]) {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let Some(owner) = folder.and_then(|f| std::fs::metadata(f).ok()) else { return };
+    for p in paths.iter().filter(|p| p.exists()) {
+        if let Err(e) = std::os::unix::fs::chown(p, Some(owner.uid()), Some(owner.gid())) {
+            tracing::warn!("cannot hand {} to uid {}: {e}", p.display(), owner.uid());
+        }
+    }
+}
 
 fn good(out: &mut dyn Write, msg: impl std::fmt::Display) {
     let _ = writeln!(out, "✓ {msg}");
@@ -95,6 +111,7 @@ pub async fn run(config: Option<&Path>, env: &HashMap<String, String>, trust: bo
                 if let Err(e) = appended {
                     return bad(out, format!("host key: cannot write {}: {e}", path.display()), FAILED);
                 }
+                hand_over(path.parent(), &[path.clone()]);
                 good(
                     out,
                     format!("host key {fp} ({}) recorded in {} (trust on first use)", key.algorithm(), path.display()),
@@ -136,7 +153,10 @@ pub async fn run(config: Option<&Path>, env: &HashMap<String, String>, trust: bo
     let mirror = s.mirror.path.clone();
     let probe = tokio::task::spawn_blocking(move || Mirror::probe_writable(&mirror)).await;
     match probe {
-        Ok(Ok(())) => good(out, format!("mirror {} is writable", s.mirror.path.display())),
+        Ok(Ok(())) => {
+            hand_over(Some(&s.mirror.path), &[s.mirror.path.join(crate::event::RESERVED_NAME)]);
+            good(out, format!("mirror {} is writable", s.mirror.path.display()))
+        }
         Ok(Err(e)) => return bad(out, format!("mirror {}: {e}", s.mirror.path.display()), FAILED),
         Err(e) => return bad(out, format!("mirror: {e}"), FAILED),
     }
@@ -145,7 +165,13 @@ pub async fn run(config: Option<&Path>, env: &HashMap<String, String>, trust: bo
         Err(e) => Err(e),
     };
     match journal {
-        Ok(_) => good(out, format!("journal {} is writable", s.journal.path.display())),
+        Ok(j) => {
+            drop(j);
+            let db = &s.journal.path;
+            let side = |ext: &str| PathBuf::from(format!("{}{ext}", db.display()));
+            hand_over(db.parent(), &[db.clone(), side("-wal"), side("-shm")]);
+            good(out, format!("journal {} is writable", db.display()))
+        }
         Err(e) => return bad(out, format!("journal {}: {e}", s.journal.path.display()), FAILED),
     }
 

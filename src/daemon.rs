@@ -23,7 +23,7 @@ const PRUNE_EVERY: Duration = Duration::from_secs(3600);
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// The journal could not be opened.
-    #[error("journal {path}: {source}")]
+    #[error("journal {path}: {source}{}", readonly_hint(path, source))]
     Journal {
         /// The database file.
         path: String,
@@ -101,6 +101,42 @@ pub struct LastReconcile {
     pub ok: bool,
     /// The summary line or the error.
     pub result: String,
+}
+
+/// For a journal that cannot be written: which file, who we are, and the fix
+/// (a command run as root on the daemon's files leaves them root's).
+fn readonly_hint(path: &str, e: &JournalError) -> String {
+    let text = e.to_string().to_ascii_lowercase();
+    let file = std::path::Path::new(path);
+    // SQLite says "readonly", or cannot even open (the -wal/-shm beside it
+    // cannot be created): either way the folder or file is not ours to write.
+    let folder_unwritable = file
+        .parent()
+        .filter(|d| d.exists())
+        .is_some_and(|d| rustix::fs::access(d, rustix::fs::Access::WRITE_OK).is_err());
+    if !(text.contains("readonly") || text.contains("read-only") || folder_unwritable) {
+        return String::new();
+    }
+    use std::os::unix::fs::MetadataExt;
+    let owner = std::fs::metadata(file).map(|m| m.uid().to_string()).unwrap_or_else(|_| "?".into());
+    let dir = file.parent().map_or_else(|| ".".into(), |d| d.display().to_string());
+    format!(
+        "; the daemon runs as uid {} and the file belongs to uid {owner}: make {dir} and its files the daemon's \
+         (for the package: `chown -R sftp-mirror:sftp-mirror {dir}`), or mount it read-write",
+        rustix::process::geteuid().as_raw()
+    )
+}
+
+impl ServeError {
+    /// Whether the operator must fix the setup (exit 2): retrying cannot help.
+    pub fn is_setup(&self) -> bool {
+        match self {
+            ServeError::Bind { .. } | ServeError::Tls(_) | ServeError::Filter(_) => true,
+            ServeError::Mirror(m) => m.op != "lock",
+            ServeError::Journal { path, source } => !readonly_hint(path, source).is_empty(),
+            ServeError::Access(_) => false,
+        }
+    }
 }
 
 /// Builds the [`Syncer`] for `settings` (shared by `serve` and `reconcile`).

@@ -159,12 +159,10 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             init_logging(cli.quiet, cli.verbose, settings.log.format);
             let token = CancellationToken::new();
             sftp_mirror::daemon::serve(&settings, config_path(&cli), token).await.map_err(|e| {
-                use sftp_mirror::daemon::ServeError;
                 let code = match &e {
-                    ServeError::Access(_) => EXIT_ACCESS,
+                    sftp_mirror::daemon::ServeError::Access(_) => EXIT_ACCESS,
                     // What the operator must fix in the setup: exit 2 (README).
-                    ServeError::Bind { .. } | ServeError::Tls(_) | ServeError::Filter(_) => EXIT_CONFIG,
-                    ServeError::Mirror(m) if m.op != "lock" => EXIT_CONFIG,
+                    e if e.is_setup() => EXIT_CONFIG,
                     _ => EXIT_FAILED,
                 };
                 Failure::new(code, e)

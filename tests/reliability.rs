@@ -13,6 +13,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -684,4 +685,24 @@ fn an_apply_that_panics_fails_its_event_and_frees_its_slot() {
     assert!(r["last_error"].as_str().unwrap_or_default().contains("panicked"), "{r}");
     assert_eq!(d.send(&event_json("after-1", "file.created", "after.txt")).status, 204);
     wait_for("the next event", || std::fs::read(env.mirror().join("after.txt")).is_ok());
+}
+
+#[test]
+fn a_journal_the_daemon_cannot_write_names_the_file_the_user_and_the_fix_and_exits_2() {
+    let env = Env::new();
+    let state = env.journal().parent().unwrap().to_owned();
+    let disk = Tmpfs::mount(&state, "8m");
+    let cfg = env.config(&Opts::default());
+    // The journal exists (as after a run), then its file system turns read-only.
+    let out = Command::new(bin()).arg("--config").arg(&cfg).args(["events", "--json"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    disk.remount("ro");
+    let out = Command::new(bin()).arg("--config").arg(&cfg).arg("serve").output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "a setup problem, not worth a restart loop: {err}");
+    assert!(
+        err.contains(&env.journal().display().to_string()) && err.contains("uid") && err.contains("chown"),
+        "{err}"
+    );
+    disk.remount("rw");
 }

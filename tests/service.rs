@@ -541,3 +541,22 @@ fn help_names_the_default_config_and_the_exit_codes() {
     assert!(help.contains("/etc/sftp-mirror/config.toml"), "{help}");
     assert!(help.contains("Exit codes: 0 success") && help.contains("4 cannot reach"), "{help}");
 }
+
+#[test]
+fn check_run_as_root_hands_the_files_it_creates_to_the_owner_of_their_folders() {
+    use std::os::unix::fs::MetadataExt;
+    let env = Env::new();
+    let (state, mirror) = (env.journal().parent().unwrap().to_owned(), env.mirror());
+    for d in [&state, &mirror] {
+        std::fs::create_dir_all(d).unwrap();
+        std::os::unix::fs::chown(d, Some(65534), Some(65534)).unwrap(); // a service user, not root
+    }
+    let kh = state.join("known_hosts");
+    let auth = format!("private_key = {:?}\nknown_hosts = {kh:?}", env.sshd.client_key_path());
+    let out = env.run(&Opts { sftp_auth: Some(auth), ..Default::default() }, &["check", "--trust-host-key"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stdout));
+    for p in [kh, env.journal(), mirror.join(".sftp-mirror")] {
+        let uid = std::fs::metadata(&p).unwrap().uid();
+        assert_eq!(uid, 65534, "{} belongs to uid {uid}", p.display());
+    }
+}
