@@ -111,7 +111,7 @@ pub async fn run(config: Option<&Path>, env: &HashMap<String, String>, trust: bo
                 if let Err(e) = appended {
                     return bad(out, format!("host key: cannot write {}: {e}", path.display()), FAILED);
                 }
-                hand_over(path.parent(), &[path.clone()]);
+                hand_over(path.parent(), std::slice::from_ref(path));
                 good(
                     out,
                     format!("host key {fp} ({}) recorded in {} (trust on first use)", key.algorithm(), path.display()),
