@@ -359,9 +359,15 @@ impl Reader {
 
     fn addr(&mut self, s: &str, k: &str, default: &str) -> Option<SocketAddr> {
         let text = self.string(s, k).unwrap_or_else(|| default.to_owned());
-        match text.trim().parse() {
-            Ok(a) => Some(a),
-            Err(_) => {
+        if let Ok(a) = text.trim().parse() {
+            return Some(a);
+        }
+        // A host name (`localhost:8080`): its first address, loopback first.
+        let resolved: Vec<SocketAddr> =
+            std::net::ToSocketAddrs::to_socket_addrs(text.trim()).map(|a| a.collect()).unwrap_or_default();
+        match resolved.iter().find(|a| a.ip().is_loopback()).or(resolved.first()) {
+            Some(a) => Some(*a),
+            None => {
                 self.problem(s, k, format!("invalid value {text:?}: expected an address like \"127.0.0.1:8080\""));
                 None
             }
@@ -913,6 +919,17 @@ mod tests {
         let e = env(&[("SFTPTOGO_URL", "sftp://u:pw@h"), ("SFTP_MIRROR__SFTP__PRIVATE_KEY", key.to_str().unwrap())]);
         let s = Settings::load_from(Some(&f.minimal()), &e).unwrap();
         assert!(matches!(&s.sftp.auth, SftpAuth::PrivateKey { path, .. } if *path == key), "{:?}", s.sftp.auth);
+    }
+
+    #[test]
+    fn a_listen_address_may_name_a_host() {
+        let f = Fixture::new();
+        let text = std::fs::read_to_string(f.minimal()).unwrap() + "[admin]\nlisten = \"localhost:18080\"\n";
+        let p = f.dir.path().join("localhost.toml");
+        std::fs::write(&p, text).unwrap();
+        let s = Settings::load_from(Some(&p), &env(&[])).unwrap();
+        let a = s.admin.listen.unwrap();
+        assert!(a.ip().is_loopback() && a.port() == 18080, "{a}");
     }
 
     #[test]
