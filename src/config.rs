@@ -428,7 +428,7 @@ impl Reader {
                 Some(v)
             }
             Err(e) => {
-                self.problem(s, k, format!("cannot read {}: {}", p.display(), e.kind()));
+                self.problem(s, k, format!("cannot read {}: {e}", p.display()));
                 None
             }
         }
@@ -545,6 +545,25 @@ impl Settings {
 /// `journal.path` when none is configured.
 const DEFAULT_JOURNAL: &str = "/var/lib/sftp-mirror/journal.db";
 
+/// The known key closest to a mistyped one (at most two edits away).
+fn closest<'k>(typo: &str, keys: &[&'k str]) -> Option<&'k str> {
+    fn distance(a: &str, b: &str) -> usize {
+        let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+        let mut row: Vec<usize> = (0..=b.len()).collect();
+        for (i, ca) in a.iter().enumerate() {
+            let mut prev = row[0];
+            row[0] = i + 1;
+            for (j, cb) in b.iter().enumerate() {
+                let here = row[j + 1];
+                row[j + 1] = (prev + usize::from(ca != cb)).min(row[j] + 1).min(here + 1);
+                prev = here;
+            }
+        }
+        row[b.len()]
+    }
+    keys.iter().map(|k| (distance(typo, k), *k)).filter(|(d, _)| *d <= 2).min().map(|(_, k)| k)
+}
+
 fn reader(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Reader, ConfigError> {
     let one = |p: String| ConfigError { problems: vec![p] };
     let mut b = config::Config::builder();
@@ -578,7 +597,15 @@ fn reader(file: Option<&Path>, env: &HashMap<String, String>) -> Result<Reader, 
                     if keys.contains(&k.as_str()) {
                         table.insert(k, v);
                     } else {
-                        r.problems.push(format!("{section}.{k}: unknown key"));
+                        let var = format!("{ENV_PREFIX}__{}__{}", section.to_ascii_uppercase(), k.to_ascii_uppercase());
+                        let from = if env.contains_key(&var) {
+                            format!(" (from the environment variable {var})")
+                        } else {
+                            String::new()
+                        };
+                        let hint =
+                            closest(&k, keys).map(|c| format!("; did you mean {section}.{c}?")).unwrap_or_default();
+                        r.problems.push(format!("{section}.{k}: unknown key{from}{hint}"));
                     }
                 }
                 r.tree.insert(section, table);
@@ -642,13 +669,15 @@ fn webhook_secrets(r: &mut Reader) -> Vec<Secret> {
 
 fn validate(r: &mut Reader) -> Option<Settings> {
     // [sftp]
+    // After a malformed SFTPTOGO_URL, what it would have filled is not missing too.
+    let url_failed = r.problems.iter().any(|p| p.starts_with("SFTPTOGO_URL"));
     let host = r.string("sftp", "host").filter(|h| !h.trim().is_empty());
-    if host.is_none() {
+    if host.is_none() && !url_failed {
         r.problems.push("sftp.host: missing (or set SFTPTOGO_URL)".into());
     }
     let port = r.number("sftp", "port", 22u16, (1, u16::MAX));
     let username = r.string("sftp", "username").filter(|u| !u.is_empty());
-    if username.is_none() {
+    if username.is_none() && !url_failed {
         r.problems.push("sftp.username: missing (or set SFTPTOGO_URL)".into());
     }
     let password = r.secret("sftp", "password");
@@ -748,10 +777,13 @@ fn validate(r: &mut Reader) -> Option<Settings> {
     if !path.starts_with('/') {
         r.problem("webhook", "path", format!("{path:?} must start with '/'"));
     }
+    let before = r.problems.len();
     let secrets = webhook_secrets(r);
     let authorization = r.secret("webhook", "authorization");
     let allow_unsigned = r.bool("webhook", "allow_unsigned", false);
-    if secrets.is_empty() && authorization.is_none() && !allow_unsigned {
+    // A secret that could not be read was reported already: no second line.
+    let unreadable = r.problems[before..].iter().any(|p| p.starts_with("webhook."));
+    if secrets.is_empty() && authorization.is_none() && !allow_unsigned && !unreadable {
         r.problems.push(
             "webhook: no verification configured: set webhook.secret(_file) and/or webhook.authorization(_file), \
              or webhook.allow_unsigned = true"
@@ -919,6 +951,33 @@ mod tests {
         let e = env(&[("SFTPTOGO_URL", "sftp://u:pw@h"), ("SFTP_MIRROR__SFTP__PRIVATE_KEY", key.to_str().unwrap())]);
         let s = Settings::load_from(Some(&f.minimal()), &e).unwrap();
         assert!(matches!(&s.sftp.auth, SftpAuth::PrivateKey { path, .. } if *path == key), "{:?}", s.sftp.auth);
+    }
+
+    #[test]
+    fn mistakes_get_one_line_each_that_names_the_fix() {
+        let f = Fixture::new();
+        let p = f.file(
+            "[sftp]\nhost = \"h\"\nusername = \"u\"\npassword = \"pw\"\nknown_host = \"KH\"\n\
+             [mirror]\npath = \"/m\"\n[webhook]\nsecret_file = \"DIR/nope\"\n",
+        );
+        let ps = problems(Settings::load_from(Some(&p), &env(&[("SFTP_MIRROR__SFTP__PORTT", "2222")])));
+        assert!(
+            ps.iter().any(|p| p.contains("sftp.known_host: unknown key; did you mean sftp.known_hosts?")),
+            "{ps:?}"
+        );
+        assert!(
+            ps.iter().any(|p| p.contains("sftp.portt: unknown key (from the environment variable SFTP_MIRROR__SFTP__PORTT)")),
+            "{ps:?}"
+        );
+        assert!(ps.iter().any(|p| p.contains("cannot read") && p.contains("No such file")), "{ps:?}");
+        assert!(!ps.iter().any(|p| p.contains("no verification configured")), "no follow-on line: {ps:?}");
+        // A malformed SFTPTOGO_URL is one problem, not three.
+        let ps = problems(Settings::load_from(
+            Some(&f.file("[mirror]\npath = \"/m\"\n")),
+            &env(&[("SFTPTOGO_URL", "nonsense")]),
+        ));
+        assert!(ps.iter().any(|p| p.starts_with("SFTPTOGO_URL")), "{ps:?}");
+        assert!(!ps.iter().any(|p| p.starts_with("sftp.host") || p.starts_with("sftp.username")), "{ps:?}");
     }
 
     #[test]

@@ -411,6 +411,11 @@ impl Mirror {
     /// Creates the mirror folder and its private `.sftp-mirror` folder.
     fn open_root(path: &Path) -> Result<Dir, MirrorError> {
         let p = path.display().to_string();
+        if path.exists() && !path.is_dir() {
+            return Err(err("use as the mirror folder", &p)(io::Error::other(
+                "it is a file, not a folder: set mirror.path to a folder",
+            )));
+        }
         std::fs::create_dir_all(path).map_err(err("create mirror folder", &p))?;
         let root = Dir::open_ambient_dir(path, cap_std::ambient_authority()).map_err(err("open mirror folder", &p))?;
         match root.symlink_metadata(RESERVED_NAME) {
@@ -804,6 +809,15 @@ mod tests {
             others.into_iter().for_each(|t| t.join().unwrap());
             assert!(r.is_err(), "the waiter of a failed round was told Ok");
         }
+    }
+
+    #[test]
+    fn a_mirror_path_that_is_a_file_says_so() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-folder");
+        std::fs::write(&file, b"x").unwrap();
+        let e = Mirror::open(&file).err().expect("refused").to_string();
+        assert!(e.contains("is a file, not a folder"), "{e}");
     }
 
     #[test]
