@@ -246,6 +246,32 @@ step "install again after purge"
 dpkg -i "$DEB" >/dev/null
 check_installed
 
+step "purge with an admin's files and a filled mirror: kept, re-owned to root, user gone"
+# A freed system uid/gid is handed to the next system user: what purge keeps
+# must not stay owned by it (that user would inherit the secrets).
+old_uid=$(id -u "$PKG"); old_gid=$(getent group "$PKG" | cut -d: -f3)
+install -o root -g "$PKG" -m 0640 /dev/null /etc/sftp-mirror/password
+install -d -o "$PKG" -g "$PKG" -m 0750 /srv/sftp-mirror/incoming
+install -o "$PKG" -g "$PKG" -m 0640 /dev/null /srv/sftp-mirror/incoming/report.csv
+dpkg -P "$PKG" 2>&1 | tee "$WORK/purge2.out"
+grep -q 'kept the mirror /srv/sftp-mirror' "$WORK/purge2.out" || die "purge did not say it kept the mirror"
+grep -q 'kept your own files in /etc/sftp-mirror' "$WORK/purge2.out" || die "purge did not say it kept /etc/sftp-mirror"
+[ -f /srv/sftp-mirror/incoming/report.csv ] || die "purge deleted a mirrored file"
+[ -f /etc/sftp-mirror/password ] || die "purge deleted the admin's secret file"
+if getent passwd "$PKG" >/dev/null; then die "user still there after purge"; fi
+if getent group "$PKG" >/dev/null; then die "group still there after purge"; fi
+left=$(find /srv/sftp-mirror /etc/sftp-mirror \( -uid "$old_uid" -o -gid "$old_gid" \) -print)
+[ -z "$left" ] || die "still owned by the freed id $old_uid:$old_gid after purge: $left"
+expect_perms /etc/sftp-mirror "root:root 750"
+expect_perms /etc/sftp-mirror/password "root:root 640"
+expect_perms /srv/sftp-mirror/incoming/report.csv "root:root 640"
+ok "kept files belong to root, nothing to the freed id $old_uid:$old_gid"
+rm -rf /srv/sftp-mirror /etc/sftp-mirror
+
+step "install again"
+dpkg -i "$DEB" >/dev/null
+check_installed
+
 trap - EXIT
 rm -rf "$WORK"
 printf '\ndeb-check: OK (%s, %s)\n' "$(basename "$DEB")" "$(field Version)"
