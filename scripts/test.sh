@@ -15,6 +15,8 @@ command -v curl >/dev/null 2>&1 || need+=(curl ca-certificates)
 [ -f /usr/lib/proftpd/mod_sftp.so ] || need+=(proftpd-mod-crypto)
 command -v rclone >/dev/null 2>&1 || need+=(rclone)
 /usr/bin/python3 -c 'import asyncssh' >/dev/null 2>&1 || need+=(python3-asyncssh)
+# script(1) runs the binary on a pseudo-terminal (the progress bar test).
+command -v script >/dev/null 2>&1 || need+=(bsdutils)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "scripts/test.sh: the tests need ${need[*]}; run as root or: sudo apt-get install -y ${need[*]}" >&2

@@ -144,6 +144,11 @@ async fn metrics(s: &AdminState) -> String {
         ("sftp_mirror_downloaded_bytes_total", "Bytes downloaded into the mirror.", st.bytes.load(Ordering::Relaxed)),
         ("sftp_mirror_downloaded_files_total", "Files downloaded into the mirror.", st.files.load(Ordering::Relaxed)),
         (
+            "sftp_mirror_received_bytes_total",
+            "Bytes read from the server into staging files as they arrive (retries included): the transfer rate.",
+            st.received.load(Ordering::Relaxed),
+        ),
+        (
             "sftp_mirror_sftp_connects_total",
             "Successful SSH connects (reconnects included).",
             s.syncer.remote.connects(),

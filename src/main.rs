@@ -11,7 +11,12 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio_util::sync::CancellationToken;
+
+/// The help heading of the flags every command takes, kept apart from each
+/// command's own.
+const GLOBAL: &str = "Global options";
 
 /// Keeps a local folder an exact mirror of an SFTP To Go storage, driven by its
 /// signed webhooks (the remote is the truth, an event is a hint).
@@ -26,13 +31,14 @@ use tokio_util::sync::CancellationToken;
 struct Cli {
     /// Configuration file (TOML) [default: /etc/sftp-mirror/config.toml, if it exists];
     /// environment variables SFTP_MIRROR__SECTION__KEY and SFTPTOGO_URL override it.
-    #[arg(long, global = true, value_name = "PATH")]
+    /// Not taken by `demo` (it brings its own server and mirror).
+    #[arg(long, global = true, value_name = "PATH", help_heading = GLOBAL)]
     config: Option<PathBuf>,
     /// More logging (-v debug, -vv trace).
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     verbose: u8,
     /// Less logging (warnings and errors only).
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     quiet: bool,
     #[command(subcommand)]
     command: Command,
@@ -144,7 +150,8 @@ fn init_logging(quiet: bool, verbose: u8, format: LogFormat) {
     // journal), and never with NO_COLOR set (no-color.org).
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(colour);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogWriter(Vec::new())).with_ansi(colour);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),
@@ -176,6 +183,15 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             reconcile_command(&settings, opts, *json, cli.verbose > 0).await
         }
         Command::Demo { keep_running } => {
+            if cli.config.is_some() {
+                // Silently ignoring it would let a user believe the demo used their setup.
+                return Err(Failure::new(
+                    EXIT_CONFIG,
+                    anyhow::anyhow!(
+                        "demo takes no --config: it runs its own embedded SFTP server and a temporary mirror"
+                    ),
+                ));
+            }
             // The narration is the output; logs only for errors unless -v.
             if cli.verbose == 0 && std::env::var_os("RUST_LOG").is_none() {
                 std::env::set_var("RUST_LOG", "error");
@@ -287,42 +303,127 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
+/// The progress bar on the terminal, once there is one: log lines are written
+/// above it, never through it.
+static SHOWN_BAR: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
+
+/// Stderr for log lines: one event is gathered, then written while the bar
+/// (if any) is lifted, so the bar is redrawn below it and no frame is left behind.
+struct LogWriter(Vec<u8>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogWriter {
+    fn drop(&mut self) {
+        use std::io::Write;
+        let write = || {
+            let _ = std::io::stderr().lock().write_all(&self.0);
+        };
+        match SHOWN_BAR.get() {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
+
 /// A progress bar on a terminal; nothing otherwise (logs carry the story).
-struct Bar(Option<indicatif::ProgressBar>);
+/// While changes apply it moves by bytes (a 1.5 GB file must not look stuck
+/// at one entry), with the rate and ETA; entries are the second figure.
+struct Bar {
+    bar: Option<indicatif::ProgressBar>,
+    syncer: std::sync::Arc<sftp_mirror::sync::Syncer>,
+    /// `stats.received` when execution began: this pass's bytes are above it.
+    base: AtomicU64,
+    ops: AtomicU64,
+    done: AtomicU64,
+    by_bytes: std::sync::atomic::AtomicBool,
+}
 
 impl Bar {
-    fn new() -> Bar {
+    fn new(syncer: std::sync::Arc<sftp_mirror::sync::Syncer>) -> Bar {
         use std::io::IsTerminal;
-        Bar(std::io::stderr().is_terminal().then(|| {
+        let bar = std::io::stderr().is_terminal().then(|| {
             let b = indicatif::ProgressBar::new_spinner();
             b.set_message("listing");
+            let _ = SHOWN_BAR.set(b.clone());
             b
+        });
+        Bar {
+            bar,
+            syncer,
+            base: AtomicU64::new(0),
+            ops: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            by_bytes: false.into(),
+        }
+    }
+
+    /// Brings the bar up to date with the bytes received so far.
+    fn refresh(&self) {
+        let Some(b) = &self.bar else { return };
+        let (done, ops) = (self.done.load(Ordering::Relaxed), self.ops.load(Ordering::Relaxed));
+        if self.by_bytes.load(Ordering::Relaxed) {
+            let got = self.syncer.stats.received.load(Ordering::Relaxed) - self.base.load(Ordering::Relaxed);
+            // Retried reads count twice on the wire: never past the end.
+            b.set_position(got.min(b.length().unwrap_or(u64::MAX)));
+            b.set_message(format!("{done}/{ops} changes"));
+        } else {
+            b.set_position(done);
+        }
+    }
+
+    /// Keeps the bar moving between completions (one long download).
+    fn ticker(self: &std::sync::Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
+        self.bar.as_ref()?;
+        let me = self.clone();
+        Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                me.refresh();
+            }
         }))
     }
 }
 
 impl reconcile::Progress for Bar {
     fn listed(&self, entries: u64) {
-        if let Some(b) = &self.0 {
+        if let Some(b) = &self.bar {
             b.set_message(format!("listing: {entries} remote entries"));
             b.tick();
         }
     }
-    fn executing(&self, ops: u64) {
-        if let Some(b) = &self.0 {
-            b.set_length(ops);
-            b.set_position(0);
-            b.set_style(
-                indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} {msg}")
-                    .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            b.set_message("applying");
-        }
+    fn executing(&self, ops: u64, bytes: u64) {
+        let Some(b) = &self.bar else { return };
+        self.ops.store(ops, Ordering::Relaxed);
+        self.base.store(self.syncer.stats.received.load(Ordering::Relaxed), Ordering::Relaxed);
+        self.by_bytes.store(bytes > 0, Ordering::Relaxed);
+        b.set_message(format!("0/{ops} changes"));
+        let template = if bytes > 0 {
+            "[{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} · {msg}"
+        } else {
+            "[{wide_bar}] {pos}/{len} changes"
+        };
+        b.set_style(
+            indicatif::ProgressStyle::with_template(template)
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        b.set_length(if bytes > 0 { bytes } else { ops });
+        b.set_position(0);
+        b.reset_eta();
+        b.reset_elapsed();
+        self.refresh();
     }
     fn done_one(&self, _op: &reconcile::Op, _ok: bool) {
-        if let Some(b) = &self.0 {
-            b.inc(1);
-        }
+        self.done.fetch_add(1, Ordering::Relaxed);
+        self.refresh();
     }
 }
 
@@ -337,11 +438,9 @@ async fn reconcile_command(
     if let Err(e) = syncer.remote.conn().await {
         return Err(Failure::new(EXIT_ACCESS, e));
     }
-    let bar = Bar::new();
-    let mut print_plan = |plan: &reconcile::Plan| {
-        if let Some(b) = &bar.0 {
-            b.suspend(|| {});
-        }
+    let bar = std::sync::Arc::new(Bar::new(syncer.clone()));
+    let ticker = bar.ticker();
+    let print_plan = |plan: &reconcile::Plan| {
         if json {
             return;
         }
@@ -363,16 +462,25 @@ async fn reconcile_command(
             println!("  … and {} more (--dry-run or -v lists all)", plan.ops.len() - limit);
         }
     };
+    // The listing spinner is cleared for the plan and drawn again below it,
+    // never left behind among the plan's lines.
+    let mut on_plan = |plan: &reconcile::Plan| match &bar.bar {
+        Some(b) => b.suspend(|| print_plan(plan)),
+        None => print_plan(plan),
+    };
     let r = reconcile::run(
         &syncer,
         opts,
         settings.mirror.max_delete_ratio,
         settings.mirror.concurrency,
-        &bar,
-        &mut print_plan,
+        bar.as_ref(),
+        &mut on_plan,
     )
     .await;
-    if let Some(b) = &bar.0 {
+    if let Some(t) = ticker {
+        t.abort();
+    }
+    if let Some(b) = &bar.bar {
         b.finish_and_clear();
     }
     let summary = match r {

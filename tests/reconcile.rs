@@ -267,3 +267,74 @@ fn output_into_a_closed_pipe_ends_quietly_and_logs_have_no_colour() {
     wait_for("the listening line in the log", || d.log().contains("webhook listening"));
     assert!(!d.log().contains('\u{1b}'), "{}", d.log());
 }
+
+/// Runs `cmd` on a pseudo-terminal (util-linux `script`): what a person at a
+/// terminal sees, escape sequences included.
+fn on_a_terminal(cmd: &[&std::ffi::OsStr], within: std::time::Duration) -> (Option<i32>, String) {
+    let line = cmd.iter().map(|a| shell_quote(&a.to_string_lossy())).collect::<Vec<_>>().join(" ");
+    let mut child = Command::new("script")
+        .args(["-qefc", &line, "/dev/null"])
+        .env("TERM", "xterm")
+        .env_remove("NO_COLOR")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("script(1) from util-linux");
+    let out = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || std::io::read_to_string(out).unwrap_or_default());
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > within {
+            let _ = child.kill();
+            panic!("{line} did not end within {within:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    (status.code(), reader.join().unwrap())
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+// Multi-threaded: the embedded server keeps serving while the test thread waits on the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_a_terminal_the_bar_moves_by_bytes_with_rate_and_eta_while_one_big_file_downloads() {
+    let e = Embedded::start().await;
+    e.put("small.txt", b"tiny");
+    e.put("big/video.bin", &pattern(8 << 20));
+    // 64 KiB per READ reply, each 15 ms late: the big file takes about 2 s,
+    // long enough for the bar to draw between completions.
+    e.faults().short_reads(Some(64 << 10));
+    e.faults().delay_replies(std::time::Duration::from_millis(15));
+    let cfg = e.config_file("10s");
+    let (code, screen) = on_a_terminal(
+        &[bin().as_ref(), "--config".as_ref(), cfg.as_os_str(), "reconcile".as_ref()],
+        std::time::Duration::from_secs(120),
+    );
+    assert_eq!(code, Some(0), "{screen}");
+    assert_eq!(std::fs::read(e.mirror().join("big/video.bin")).unwrap(), pattern(8 << 20));
+    // Frames drawn while the 8 MiB file was under way: a byte count below the
+    // total, the total in binary units, a rate, an ETA, and entries second.
+    let frames: Vec<&str> = screen.split(['\r', '\n']).filter(|l| l.contains("/8.00 MiB")).collect();
+    assert!(
+        frames.iter().any(|f| !f.contains("8.00 MiB/8.00 MiB") && f.contains("MiB/s") && f.contains("ETA")),
+        "no frame of the download in progress: {screen:?}"
+    );
+    assert!(frames.iter().any(|f| f.contains("/3 changes")), "entries not shown as the second figure: {screen:?}");
+    // What stays on the screen (each line as the terminal last drew it): the
+    // plan, the log lines and the summary; no spinner or bar frame left behind.
+    let kept: Vec<&str> = screen.split("\r\n").map(|l| l.rsplit('\r').next().unwrap_or(l)).collect();
+    for line in &kept {
+        assert!(
+            !line.contains("changes") && !line.contains("listing"),
+            "a frame stayed behind in {line:?}: {screen:?}"
+        );
+    }
+    assert!(kept.iter().any(|l| l.contains("downloaded 8.0 MiB")), "{kept:?}");
+    assert_eq!(screen.matches("plan: 3 change(s)").count(), 1, "{screen:?}");
+    assert!(screen.contains("mkdir    big/") && screen.contains("download big/video.bin"), "{screen:?}");
+}

@@ -192,6 +192,7 @@ fn healthz_follows_the_sftp_server_and_metrics_count_events() {
     assert_eq!(metric(&m, "sftp_mirror_webhook_requests_total{topic=\"file.created\",result=\"duplicate\"}"), 1.0);
     assert_eq!(metric(&m, "sftp_mirror_webhook_requests_total{topic=\"unknown\",result=\"unauthorized\"}"), 1.0);
     assert_eq!(metric(&m, "sftp_mirror_downloaded_bytes_total"), 7.0);
+    assert_eq!(metric(&m, "sftp_mirror_received_bytes_total"), 7.0, "{m}");
     assert!(metric(&m, "sftp_mirror_webhook_request_duration_seconds_count") >= 3.0);
     assert_eq!(metric(&m, "sftp_mirror_journal_events{status=\"done\"}"), 1.0);
 
@@ -540,6 +541,23 @@ fn help_names_the_default_config_and_the_exit_codes() {
     let help = text(&out.stdout);
     assert!(help.contains("/etc/sftp-mirror/config.toml"), "{help}");
     assert!(help.contains("Exit codes: 0 success") && help.contains("4 cannot reach"), "{help}");
+}
+
+#[test]
+fn a_command_help_keeps_its_own_flags_apart_from_the_global_ones_and_demo_refuses_a_config() {
+    let out = Command::new(bin()).args(["reconcile", "--help"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let help = text(&out.stdout);
+    let (own, global) = help.split_once("Global options:").unwrap_or_else(|| panic!("no global heading: {help}"));
+    assert!(own.contains("--dry-run") && !own.contains("--config") && !own.contains("--verbose"), "{help}");
+    assert!(global.contains("--config") && global.contains("--verbose") && !global.contains("--dry-run"), "{help}");
+
+    // The demo brings its own server and mirror: a --config would be ignored, so it is refused.
+    let out = Command::new(bin()).args(["--config", "/etc/sftp-mirror/config.toml", "demo"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("demo takes no --config"), "{err}");
 }
 
 #[test]

@@ -15,6 +15,7 @@ use super::{RemoteEntry, RemoteError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Bytes of READ replies in flight per file at most.
 const WINDOW_BYTES: u64 = 16 << 20;
@@ -49,7 +50,8 @@ pub struct Progress {
 /// Reads remote `path` (declared `size` bytes) into `out` at the same offsets,
 /// starting at `progress.contiguous` (bytes already staged). `durable(n)` is
 /// called when every byte below `n` is flushed to disk (to record where a
-/// crashed download can resume).
+/// crashed download can resume). `received` counts each byte as it is written
+/// (progress bars, rates).
 ///
 /// # Errors
 /// A [`RemoteError`] on a server error, a lost connection or a request past
@@ -61,6 +63,7 @@ pub async fn download(
     out: &std::fs::File,
     progress: &mut Progress,
     durable: &(dyn Fn(u64) + Sync),
+    received: &AtomicU64,
 ) -> Result<Downloaded, LocalOrRemote> {
     if progress.contiguous >= size {
         let after = conn.lstat(path).await?;
@@ -68,7 +71,7 @@ pub async fn download(
     }
     let sftp = &conn.sftp;
     let handle = sftp.open_read(path).await.map_err(|e| RemoteError::from_sftp(path, e))?;
-    let result = pump(conn, path, &handle, size, out, progress, durable).await;
+    let result = pump(conn, path, &handle, size, out, progress, durable, received).await;
     if let Err(e) = result {
         // Close errors do not matter for a read-only handle; don't wait on a dead link.
         if !matches!(&e, LocalOrRemote::Remote(r) if r.is_transport()) {
@@ -83,6 +86,7 @@ pub async fn download(
 }
 
 /// The READ loop; returns the offset where the file ended early, if it did.
+#[allow(clippy::too_many_arguments)]
 async fn pump(
     conn: &Conn,
     path: &[u8],
@@ -91,6 +95,7 @@ async fn pump(
     out: &std::fs::File,
     progress: &mut Progress,
     durable: &(dyn Fn(u64) + Sync),
+    received: &AtomicU64,
 ) -> Result<Option<u64>, LocalOrRemote> {
     let sftp = &conn.sftp;
     let mut next = progress.contiguous;
@@ -132,6 +137,7 @@ async fn pump(
             w = written.recv(), if writing > 0 => {
                 writing -= 1;
                 let (off, end) = w.expect("the writer answers every write").map_err(LocalOrRemote::Local)?;
+                received.fetch_add(end - off, Ordering::Relaxed);
                 done.insert(off, end);
                 while let Some(end) = done.remove(&progress.contiguous) {
                     progress.contiguous = end;

@@ -56,8 +56,11 @@ pub enum ApplyError {
 pub struct SyncStats {
     /// Files downloaded.
     pub files: AtomicU64,
-    /// Bytes downloaded.
+    /// Bytes downloaded (files committed to the mirror).
     pub bytes: AtomicU64,
+    /// Bytes written to staging files as they arrive, retried and abandoned
+    /// ones included (progress and rates; `bytes` is what landed).
+    pub received: AtomicU64,
     /// Directories created.
     pub dirs: AtomicU64,
     /// Entries removed.
@@ -407,7 +410,7 @@ impl Syncer {
             let recorder = staged.recorder();
             let conn = self.remote.conn().await;
             let got = match &conn {
-                Ok(c) => download(c, &rpath, entry.size, &file, &mut progress, &recorder).await,
+                Ok(c) => download(c, &rpath, entry.size, &file, &mut progress, &recorder, &self.stats.received).await,
                 Err(e) => Err(LocalOrRemote::Remote(e.clone())),
             };
             staged.put_back(file);

@@ -226,8 +226,8 @@ pub enum ReconcileError {
 pub trait Progress: Send + Sync {
     /// Listing progress: remote entries seen so far.
     fn listed(&self, _entries: u64) {}
-    /// Execution starts with this many operations.
-    fn executing(&self, _ops: u64) {}
+    /// Execution starts with this many operations, downloading this many bytes.
+    fn executing(&self, _ops: u64, _bytes: u64) {}
     /// One operation finished.
     fn done_one(&self, _op: &Op, _ok: bool) {}
 }
@@ -440,7 +440,8 @@ pub async fn run(
         return Ok(summary);
     }
 
-    progress.executing(plan.ops.len() as u64);
+    let bytes = plan.ops.iter().map(|op| if let Op::Download { entry, .. } = op { entry.size } else { 0 }).sum();
+    progress.executing(plan.ops.len() as u64, bytes);
     let mut ops = plan.ops.into_iter();
     let mut running = FuturesUnordered::new();
     loop {
