@@ -127,6 +127,8 @@ pub struct MirrorSettings {
     pub exclude: Vec<String>,
     /// Transfers at once.
     pub concurrency: usize,
+    /// Bytes per second for all downloads together; `None` = unlimited.
+    pub bwlimit: Option<u64>,
 }
 
 /// `[webhook]`: the public endpoint.
@@ -229,7 +231,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "keepalive",
         ],
     ),
-    ("mirror", &["path", "delete", "max_delete_ratio", "include", "exclude", "concurrency"]),
+    ("mirror", &["path", "delete", "max_delete_ratio", "include", "exclude", "concurrency", "bwlimit"]),
     (
         "webhook",
         &[
@@ -770,6 +772,14 @@ fn validate(r: &mut Reader) -> Option<Settings> {
         }
     }
     let concurrency = r.number("mirror", "concurrency", 8usize, (1, 256));
+    let bwlimit = match r.string("mirror", "bwlimit").map(|t| crate::remote::bandwidth::parse_rate(&t)) {
+        None => None,
+        Some(Ok(rate)) => rate,
+        Some(Err(e)) => {
+            r.problem("mirror", "bwlimit", e);
+            None
+        }
+    };
 
     // [webhook]
     let listen = r.addr("webhook", "listen", "127.0.0.1:8080");
@@ -845,7 +855,7 @@ fn validate(r: &mut Reader) -> Option<Settings> {
             timeout,
             keepalive,
         },
-        mirror: MirrorSettings { path: mirror_path?, delete, max_delete_ratio, include, exclude, concurrency },
+        mirror: MirrorSettings { path: mirror_path?, delete, max_delete_ratio, include, exclude, concurrency, bwlimit },
         webhook: WebhookSettings {
             listen: listen?,
             path,
@@ -978,6 +988,18 @@ mod tests {
         ));
         assert!(ps.iter().any(|p| p.starts_with("SFTPTOGO_URL")), "{ps:?}");
         assert!(!ps.iter().any(|p| p.starts_with("sftp.host") || p.starts_with("sftp.username")), "{ps:?}");
+    }
+
+    #[test]
+    fn bwlimit_reads_rclone_style_rates_and_names_a_bad_one() {
+        let f = Fixture::new();
+        let s = Settings::load_from(Some(&f.minimal()), &env(&[("SFTP_MIRROR__MIRROR__BWLIMIT", "20MiB")])).unwrap();
+        assert_eq!(s.mirror.bwlimit, Some(20 << 20));
+        let s = Settings::load_from(Some(&f.minimal()), &env(&[])).unwrap();
+        assert_eq!(s.mirror.bwlimit, None);
+        let ps = problems(Settings::load_from(Some(&f.minimal()), &env(&[("SFTP_MIRROR__MIRROR__BWLIMIT", "fast")])));
+        assert_eq!(ps.len(), 1, "{ps:?}");
+        assert!(ps[0].starts_with("mirror.bwlimit: \"fast\" is not a rate"), "{ps:?}");
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub struct Running {
 
 impl Running {
     /// Applies what can change without a restart: webhook secrets, the
-    /// Authorization value and the TLS certificate. In-flight requests finish
+    /// Authorization value, the TLS certificate and `mirror.bwlimit`. In-flight requests finish
     /// with the old values.
     ///
     /// # Errors
@@ -87,6 +87,13 @@ impl Running {
         }
         let verifier = Verifier::new(wh.secrets.clone(), wh.authorization.as_ref());
         *self.intake.verifier.write().expect("not poisoned") = Arc::new(verifier);
+        if self.syncer.bandwidth.rate() != new.mirror.bwlimit {
+            self.syncer.bandwidth.set(new.mirror.bwlimit);
+            match new.mirror.bwlimit {
+                Some(r) => tracing::info!(bytes_per_second = r, "mirror.bwlimit now {}/s", reconcile::human_bytes(r)),
+                None => tracing::info!("mirror.bwlimit now off"),
+            }
+        }
         tracing::info!("reloaded webhook secrets{}", if self.tls.is_some() { " and TLS certificate" } else { "" });
         Ok(())
     }
@@ -155,6 +162,7 @@ pub fn syncer_with(settings: &Settings, read_only: bool) -> Result<Syncer, Serve
         delete: settings.mirror.delete,
         max_delete_ratio: settings.mirror.max_delete_ratio,
         transfers: Arc::new(tokio::sync::Semaphore::new(settings.mirror.concurrency.max(1))),
+        bandwidth: crate::remote::Bandwidth::new(settings.mirror.bwlimit),
         locks: PathLocks::default(),
         stats: Default::default(),
     })

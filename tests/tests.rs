@@ -11,6 +11,7 @@ mod hostile;
 mod interop;
 mod interop_servers;
 mod lying_server;
+mod mirror_options;
 mod props;
 mod reconcile;
 mod reliability;

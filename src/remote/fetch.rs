@@ -11,7 +11,7 @@
 //! resumes on a fresh connection from the contiguous prefix already written.
 
 use super::session::Conn;
-use super::{RemoteEntry, RemoteError};
+use super::{Bandwidth, RemoteEntry, RemoteError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::fs::FileExt;
@@ -47,11 +47,19 @@ pub struct Progress {
     pub contiguous: u64,
 }
 
+/// What a download reports to and draws from, beyond its own bytes.
+pub struct Ledger<'a> {
+    /// Called with `n` when every byte below `n` is flushed to disk (to record
+    /// where a crashed download can resume).
+    pub durable: &'a (dyn Fn(u64) + Sync),
+    /// Counts each byte as it is written (progress bars, rates).
+    pub received: &'a AtomicU64,
+    /// The budget every READ is asked of before it is sent (`mirror.bwlimit`).
+    pub bandwidth: &'a Bandwidth,
+}
+
 /// Reads remote `path` (declared `size` bytes) into `out` at the same offsets,
-/// starting at `progress.contiguous` (bytes already staged). `durable(n)` is
-/// called when every byte below `n` is flushed to disk (to record where a
-/// crashed download can resume). `received` counts each byte as it is written
-/// (progress bars, rates).
+/// starting at `progress.contiguous` (bytes already staged), accounting in `ledger`.
 ///
 /// # Errors
 /// A [`RemoteError`] on a server error, a lost connection or a request past
@@ -62,8 +70,7 @@ pub async fn download(
     size: u64,
     out: &std::fs::File,
     progress: &mut Progress,
-    durable: &(dyn Fn(u64) + Sync),
-    received: &AtomicU64,
+    ledger: &Ledger<'_>,
 ) -> Result<Downloaded, LocalOrRemote> {
     if progress.contiguous >= size {
         let after = conn.lstat(path).await?;
@@ -71,7 +78,7 @@ pub async fn download(
     }
     let sftp = &conn.sftp;
     let handle = sftp.open_read(path).await.map_err(|e| RemoteError::from_sftp(path, e))?;
-    let result = pump(conn, path, &handle, size, out, progress, durable, received).await;
+    let result = pump(conn, path, &handle, size, out, progress, ledger).await;
     if let Err(e) = result {
         // Close errors do not matter for a read-only handle; don't wait on a dead link.
         if !matches!(&e, LocalOrRemote::Remote(r) if r.is_transport()) {
@@ -86,7 +93,6 @@ pub async fn download(
 }
 
 /// The READ loop; returns the offset where the file ended early, if it did.
-#[allow(clippy::too_many_arguments)]
 async fn pump(
     conn: &Conn,
     path: &[u8],
@@ -94,8 +100,7 @@ async fn pump(
     size: u64,
     out: &std::fs::File,
     progress: &mut Progress,
-    durable: &(dyn Fn(u64) + Sync),
-    received: &AtomicU64,
+    ledger: &Ledger<'_>,
 ) -> Result<Option<u64>, LocalOrRemote> {
     let sftp = &conn.sftp;
     let mut next = progress.contiguous;
@@ -127,6 +132,7 @@ async fn pump(
             } else {
                 break;
             };
+            ledger.bandwidth.take(u64::from(len)).await;
             let reply = sftp.read(handle, off, len);
             in_flight.push(async move { (off, len, reply.await) });
         }
@@ -137,7 +143,7 @@ async fn pump(
             w = written.recv(), if writing > 0 => {
                 writing -= 1;
                 let (off, end) = w.expect("the writer answers every write").map_err(LocalOrRemote::Local)?;
-                received.fetch_add(end - off, Ordering::Relaxed);
+                ledger.received.fetch_add(end - off, Ordering::Relaxed);
                 done.insert(off, end);
                 while let Some(end) = done.remove(&progress.contiguous) {
                     progress.contiguous = end;
@@ -172,7 +178,7 @@ async fn pump(
         }
         if let Some((upto, h)) = flushing.take_if(|(_, h)| h.is_finished()) {
             if h.await.unwrap_or(false) {
-                durable(upto);
+                (ledger.durable)(upto);
             }
         }
         if progress.contiguous - flushed_at >= FLUSH_EVERY && flushing.is_none() {
@@ -185,7 +191,7 @@ async fn pump(
     }
     if let Some((upto, h)) = flushing {
         if h.await.unwrap_or(false) {
-            durable(upto);
+            (ledger.durable)(upto);
         }
     }
     Ok(eof_at)

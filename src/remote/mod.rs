@@ -10,12 +10,14 @@
 //! Host keys are pinned (`known_hosts` or SHA-256 fingerprints); there is no
 //! accept-anything mode, and a mismatch names the key the server showed.
 
+pub mod bandwidth;
 mod fetch;
 mod session;
 pub mod sftp;
 mod walk;
 
-pub use fetch::{download, Downloaded, LocalOrRemote, Progress};
+pub use bandwidth::Bandwidth;
+pub use fetch::{download, Downloaded, Ledger, LocalOrRemote, Progress};
 pub use session::{probe_host_key, verify_host_key, Conn, Remote};
 pub use sftp::StatusCode;
 pub use walk::{list_dir, RemoteDirEntry, MAX_DEPTH, MAX_DIR_ENTRIES};

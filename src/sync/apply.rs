@@ -5,7 +5,9 @@ use super::filter::Filter;
 use super::locks::PathLocks;
 use crate::event::RemotePath;
 use crate::mirror::{LocalKind, Mirror, MirrorError};
-use crate::remote::{download, LocalOrRemote, Progress, Remote, RemoteEntry, RemoteError, RemoteKind};
+use crate::remote::{
+    download, Bandwidth, Ledger, LocalOrRemote, Progress, Remote, RemoteEntry, RemoteError, RemoteKind,
+};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -113,6 +115,8 @@ pub struct Syncer {
     pub max_delete_ratio: f64,
     /// Bounds concurrent transfers (`mirror.concurrency`).
     pub transfers: Arc<Semaphore>,
+    /// Bytes per second for all downloads together (`mirror.bwlimit`).
+    pub bandwidth: Bandwidth,
     /// Per-path exclusion shared by events and reconcile.
     pub locks: PathLocks,
     /// Counters.
@@ -410,7 +414,11 @@ impl Syncer {
             let recorder = staged.recorder();
             let conn = self.remote.conn().await;
             let got = match &conn {
-                Ok(c) => download(c, &rpath, entry.size, &file, &mut progress, &recorder, &self.stats.received).await,
+                Ok(c) => {
+                    let ledger =
+                        Ledger { durable: &recorder, received: &self.stats.received, bandwidth: &self.bandwidth };
+                    download(c, &rpath, entry.size, &file, &mut progress, &ledger).await
+                }
                 Err(e) => Err(LocalOrRemote::Remote(e.clone())),
             };
             staged.put_back(file);

@@ -60,6 +60,7 @@ pub fn client_settings(
             include: vec![],
             exclude: vec!["*.filepart".into()],
             concurrency: 8,
+            bwlimit: None,
         },
         webhook: WebhookSettings {
             listen: "127.0.0.1:0".parse().expect("valid address"),

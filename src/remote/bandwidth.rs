@@ -1,0 +1,158 @@
+//! `mirror.bwlimit`: one byte budget per second shared by every download.
+//!
+//! A token bucket that may go into debt: a READ takes its length before it is
+//! sent, and whoever drives the bucket below zero waits until the debt is
+//! paid back at the configured rate. Concurrent transfers thus queue behind
+//! each other's reservations and the sum stays at the rate, however many
+//! READs are in flight. The rate can change at any time (SIGHUP).
+
+use std::sync::Mutex;
+use std::time::Duration;
+// Tokio's clock, so tests can run the pacing on paused time.
+use tokio::time::Instant;
+
+/// How much unused budget may pile up: a quarter second's worth, so an idle
+/// moment does not allow a burst far above the rate.
+const BURST: Duration = Duration::from_millis(250);
+
+/// The shared budget. `Bandwidth::default()` is unlimited.
+#[derive(Debug, Default)]
+pub struct Bandwidth {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Bytes per second; `None` = unlimited.
+    rate: Option<u64>,
+    /// Bytes that may go now (negative: owed).
+    available: f64,
+    last: Option<Instant>,
+}
+
+impl Bandwidth {
+    /// A budget of `rate` bytes per second (`None`: unlimited).
+    pub fn new(rate: Option<u64>) -> Bandwidth {
+        let b = Bandwidth::default();
+        b.set(rate);
+        b
+    }
+
+    /// Changes the rate; transfers under way follow from their next READ.
+    pub fn set(&self, rate: Option<u64>) {
+        let mut s = self.state.lock().expect("not poisoned");
+        s.rate = rate.filter(|&r| r > 0);
+        s.available = s.available.min(0.0);
+        s.last = Some(Instant::now());
+    }
+
+    /// The rate in bytes per second, if limited.
+    pub fn rate(&self) -> Option<u64> {
+        self.state.lock().expect("not poisoned").rate
+    }
+
+    /// Waits until `n` more bytes may be asked for.
+    pub async fn take(&self, n: u64) {
+        let wait = {
+            let mut s = self.state.lock().expect("not poisoned");
+            let Some(rate) = s.rate else { return };
+            let now = Instant::now();
+            let elapsed = s.last.map_or(0.0, |l| now.duration_since(l).as_secs_f64());
+            let rate_f = rate as f64;
+            s.available = (s.available + elapsed * rate_f).min(rate_f * BURST.as_secs_f64());
+            s.last = Some(now);
+            s.available -= n as f64;
+            if s.available >= 0.0 {
+                return;
+            }
+            Duration::from_secs_f64(-s.available / rate_f)
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Parses a `mirror.bwlimit` value: bytes per second with an optional unit
+/// (`K`, `M`, `G` and `KiB`, `MiB`, `GiB` are powers of 1024 as in rclone's
+/// `--bwlimit`; `KB`, `MB`, `GB` powers of 1000), an optional `/s`; `0` or
+/// `off` is no limit.
+///
+/// # Errors
+/// A message for the config error line.
+pub fn parse_rate(text: &str) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a rate like \"20MiB\" or \"500K\""))?;
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, KB, MB or GB)")),
+    };
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("{text:?} is too large"));
+    }
+    if bytes == 0.0 {
+        return Ok(None);
+    }
+    if bytes < 1024.0 {
+        return Err(format!("{text:?} is below 1 KiB/s: too slow to make progress (0 turns the limit off)"));
+    }
+    Ok(Some(bytes as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rates_as_rclone_writes_them() {
+        assert_eq!(parse_rate("20MiB"), Ok(Some(20 << 20)));
+        assert_eq!(parse_rate("20M"), Ok(Some(20 << 20)));
+        assert_eq!(parse_rate("1.5 MiB/s"), Ok(Some(3 << 19)));
+        assert_eq!(parse_rate("500KB"), Ok(Some(500_000)));
+        assert_eq!(parse_rate("1048576"), Ok(Some(1 << 20)));
+        assert_eq!(parse_rate("0"), Ok(None));
+        assert_eq!(parse_rate("off"), Ok(None));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("20 furlongs").is_err());
+        assert!(parse_rate("10").is_err(), "10 B/s would stall every transfer");
+        assert!(parse_rate("1e30G").is_err());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_budget_is_shared_and_paced() {
+        let bw = std::sync::Arc::new(Bandwidth::new(Some(1 << 20)));
+        let start = tokio::time::Instant::now();
+        // Four takers of 1 MiB each in 64 KiB steps: 4 MiB at 1 MiB/s is about
+        // 4 s (less the quarter second of burst the bucket may hold).
+        let tasks: Vec<_> = (0..4)
+            .map(|_| {
+                let bw = bw.clone();
+                tokio::spawn(async move {
+                    for _ in 0..16 {
+                        bw.take(64 << 10).await;
+                    }
+                })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let took = start.elapsed().as_secs_f64();
+        assert!((3.7..=4.1).contains(&took), "{took} s");
+        bw.set(None);
+        let before = tokio::time::Instant::now();
+        bw.take(1 << 30).await;
+        assert_eq!(before.elapsed(), Duration::ZERO, "unlimited never waits");
+    }
+}
