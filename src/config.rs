@@ -129,6 +129,8 @@ pub struct MirrorSettings {
     pub concurrency: usize,
     /// Bytes per second for all downloads together; `None` = unlimited.
     pub bwlimit: Option<u64>,
+    /// Keep deleted and overwritten entries this long; `None` = remove at once.
+    pub trash: Option<Duration>,
 }
 
 /// `[webhook]`: the public endpoint.
@@ -231,7 +233,7 @@ const KEYS: &[(&str, &[&str])] = &[
             "keepalive",
         ],
     ),
-    ("mirror", &["path", "delete", "max_delete_ratio", "include", "exclude", "concurrency", "bwlimit"]),
+    ("mirror", &["path", "delete", "max_delete_ratio", "include", "exclude", "concurrency", "bwlimit", "trash"]),
     (
         "webhook",
         &[
@@ -780,6 +782,7 @@ fn validate(r: &mut Reader) -> Option<Settings> {
             None
         }
     };
+    let trash = Some(r.duration("mirror", "trash", Duration::ZERO)).filter(|d| !d.is_zero());
 
     // [webhook]
     let listen = r.addr("webhook", "listen", "127.0.0.1:8080");
@@ -855,7 +858,16 @@ fn validate(r: &mut Reader) -> Option<Settings> {
             timeout,
             keepalive,
         },
-        mirror: MirrorSettings { path: mirror_path?, delete, max_delete_ratio, include, exclude, concurrency, bwlimit },
+        mirror: MirrorSettings {
+            path: mirror_path?,
+            delete,
+            max_delete_ratio,
+            include,
+            exclude,
+            concurrency,
+            bwlimit,
+            trash,
+        },
         webhook: WebhookSettings {
             listen: listen?,
             path,

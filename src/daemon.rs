@@ -153,8 +153,11 @@ impl ServeError {
 /// When the mirror cannot be opened (or another process writes it) or the
 /// filters do not compile.
 pub fn syncer_with(settings: &Settings, read_only: bool) -> Result<Syncer, ServeError> {
-    let mirror =
+    let mut mirror =
         if read_only { Mirror::open_read_only(&settings.mirror.path)? } else { Mirror::open(&settings.mirror.path)? };
+    if let Some(keep) = settings.mirror.trash {
+        mirror.use_trash(keep)?;
+    }
     Ok(Syncer {
         remote: Remote::new(settings.sftp.clone()),
         mirror: Arc::new(mirror),
@@ -226,7 +229,7 @@ pub async fn start(
         settings.mirror.concurrency.max(1),
         shutdown.clone(),
     ));
-    let (j, keep, stop) = (journal.clone(), settings.journal.keep_done, shutdown.clone());
+    let (j, keep, stop, s) = (journal.clone(), settings.journal.keep_done, shutdown.clone(), syncer.clone());
     tasks.spawn(async move {
         loop {
             match j.prune(now_ms() - keep.as_millis() as i64).await {
@@ -234,6 +237,7 @@ pub async fn start(
                 Ok(n) => tracing::info!(rows = n, "pruned old journal rows"),
                 Err(e) => tracing::warn!("journal prune failed: {e}"),
             }
+            s.prune_trash().await;
             tokio::select! {
                 _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(PRUNE_EVERY) => {}

@@ -440,6 +440,7 @@ async fn reconcile_command(
     }
     let bar = std::sync::Arc::new(Bar::new(syncer.clone()));
     let ticker = bar.ticker();
+    let trash = syncer.mirror.trash_keep().is_some();
     let print_plan = |plan: &reconcile::Plan| {
         if json {
             return;
@@ -456,7 +457,7 @@ async fn reconcile_command(
         let mut ops: Vec<&reconcile::Op> = plan.ops.iter().collect();
         ops.sort_by(|a, b| a.path().cmp(b.path()));
         for op in ops.into_iter().take(limit) {
-            println!("  {}", op.describe());
+            println!("  {}", op.describe(trash));
         }
         if plan.ops.len() > limit {
             println!("  … and {} more (--dry-run or -v lists all)", plan.ops.len() - limit);

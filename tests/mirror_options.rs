@@ -68,3 +68,92 @@ fn sighup_changes_the_bandwidth_limit_of_a_running_daemon() {
     wait_for("its log line", || d.log().contains("path=second.bin action=\"download\""));
     assert_paced(8 << 20, download_ms(&d.log(), "second.bin"), 8 << 20, "after SIGHUP");
 }
+
+fn today() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()[..10].to_owned()
+}
+
+/// Files below `dir`, relative, with their content.
+fn files(dir: &std::path::Path) -> std::collections::BTreeMap<String, String> {
+    let mut out = std::collections::BTreeMap::new();
+    walk(dir, |rel, p, t| {
+        if t.is_file() {
+            out.insert(rel, std::fs::read_to_string(p).unwrap_or_default());
+        }
+    });
+    out
+}
+
+fn set_remote(env: &Env, rel: &str, data: &str, mtime: i64) {
+    env.put(rel, data.as_bytes());
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(mtime as u64);
+    std::fs::File::options().write(true).open(env.remote().join(rel)).unwrap().set_modified(t).unwrap();
+}
+
+#[test]
+fn with_a_trash_deleted_and_overwritten_files_are_kept_by_date_and_old_days_are_pruned() {
+    let env = Env::new();
+    set_remote(&env, "report.csv", "version 1", 1_700_000_000);
+    set_remote(&env, "old/a.txt", "a", 1_700_000_000);
+    set_remote(&env, "old/deep/b.txt", "b", 1_700_000_000);
+    set_remote(&env, "keep.txt", "never touched", 1_700_000_000);
+    let o = Opts { extra_mirror: "trash = \"7d\"\nmax_delete_ratio = 1.0".into(), ..Default::default() };
+    assert_eq!(env.run(&o, &["reconcile"]).status.code(), Some(0));
+
+    // The remote changes: one file rewritten, one folder deleted.
+    set_remote(&env, "report.csv", "version 2", 1_700_000_100);
+    std::fs::remove_dir_all(env.remote().join("old")).unwrap();
+    let trash = env.mirror().join(".sftp-mirror/trash");
+    std::fs::create_dir_all(trash.join("2020-01-01")).unwrap();
+    std::fs::write(trash.join("2020-01-01/ancient.txt"), "pruned").unwrap();
+
+    let dry = env.run(&o, &["reconcile", "--dry-run"]);
+    let plan = String::from_utf8_lossy(&dry.stdout).into_owned();
+    assert!(plan.contains("update   report.csv (9 B) → trash"), "{plan}");
+    assert!(plan.contains("delete   old/ (4 entries) → trash"), "{plan}");
+    assert!(!plan.contains("keep.txt"), "{plan}");
+    assert!(trash.join("2020-01-01").exists(), "a dry run prunes nothing");
+
+    let out = env.run(&o, &["reconcile"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    // The mirror equals the remote; the trash holds exactly what left it.
+    assert_eq!(tree(&env.mirror()), tree(env.remote()));
+    let day = today();
+    let kept = files(&trash);
+    let expected: std::collections::BTreeMap<String, String> = [
+        (format!("{day}/report.csv"), "version 1"),
+        (format!("{day}/old/a.txt"), "a"),
+        (format!("{day}/old/deep/b.txt"), "b"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_owned()))
+    .collect();
+    assert_eq!(kept, expected, "nothing else (keep.txt was never deleted; 2020-01-01 is past 7d)");
+
+    // The trash is not mirror content: the next pass has nothing to do.
+    let again = env.run(&o, &["reconcile", "--dry-run"]);
+    assert!(String::from_utf8_lossy(&again.stdout).contains("plan: 0 change(s)"), "{:?}", again);
+}
+
+#[test]
+fn an_event_delete_and_a_directory_replaced_by_a_file_go_to_the_trash_in_the_daemon() {
+    let env = Env::new();
+    set_remote(&env, "inbox/x.txt", "x", 1_700_000_000);
+    set_remote(&env, "thing/inner.txt", "inner", 1_700_000_000);
+    let o = Opts { on_start: true, extra_mirror: "trash = \"1d\"".into(), ..Default::default() };
+    let d = env.serve(&o);
+    wait_mirror_equals_remote(&env);
+
+    std::fs::remove_file(env.remote().join("inbox/x.txt")).unwrap();
+    assert_eq!(d.send(&event("t1", "file.deleted", "inbox/x.txt")).status, 204);
+    std::fs::remove_dir_all(env.remote().join("thing")).unwrap();
+    set_remote(&env, "thing", "now a file", 1_700_000_200);
+    assert_eq!(d.send(&event("t2", "file.created", "thing")).status, 204);
+    wait_mirror_equals_remote(&env);
+    let day = today();
+    let trash = env.mirror().join(".sftp-mirror/trash");
+    wait_for("the trash", || files(&trash).len() == 2);
+    let kept = files(&trash);
+    assert_eq!(kept.get(&format!("{day}/inbox/x.txt")).map(String::as_str), Some("x"), "{kept:?}");
+    assert_eq!(kept.get(&format!("{day}/thing/inner.txt")).map(String::as_str), Some("inner"), "{kept:?}");
+}

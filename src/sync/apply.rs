@@ -130,6 +130,18 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Syncer {
+    /// Empties the trash of day folders past `mirror.trash` (logged; a failure
+    /// is a warning: the next round tries again).
+    pub async fn prune_trash(&self) {
+        let m = self.mirror.clone();
+        match tokio::task::spawn_blocking(move || m.prune_trash()).await {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(folders = n, "trash: removed day folders past mirror.trash"),
+            Ok(Err(e)) => tracing::warn!("trash: {e}"),
+            Err(e) => tracing::warn!("trash: {e}"),
+        }
+    }
+
     /// Counts an apply's outcome for `/metrics` (`kind` is "event" or "reconcile").
     pub fn count(&self, kind: &'static str, r: &Result<Action, ApplyError>) {
         let key = match r {

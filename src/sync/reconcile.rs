@@ -93,7 +93,25 @@ impl Op {
     }
 
     /// A one-line, human description.
-    pub fn describe(&self) -> String {
+    pub fn describe(&self, trash: bool) -> String {
+        let mut line = self.describe_change();
+        if trash && self.trashes() {
+            line.push_str(" → trash");
+        }
+        line
+    }
+
+    /// Whether this operation takes a local file or directory out of the
+    /// mirror (deleted, replaced or overwritten): with `mirror.trash` it goes there.
+    pub fn trashes(&self) -> bool {
+        match self {
+            Op::Download { local, .. } => matches!(local, Some(LocalKind::File | LocalKind::Dir)),
+            Op::MakeDir { local, .. } => matches!(local, Some(LocalKind::File)),
+            Op::Delete { local, .. } => matches!(local, LocalKind::File | LocalKind::Dir),
+        }
+    }
+
+    fn describe_change(&self) -> String {
         let was = |l: &Option<LocalKind>| match l {
             None => String::new(),
             Some(LocalKind::File) => " (replacing a local file)".into(),
@@ -441,6 +459,7 @@ pub async fn run(
     }
 
     let bytes = plan.ops.iter().map(|op| if let Op::Download { entry, .. } = op { entry.size } else { 0 }).sum();
+    syncer.prune_trash().await;
     progress.executing(plan.ops.len() as u64, bytes);
     let mut ops = plan.ops.into_iter();
     let mut running = FuturesUnordered::new();

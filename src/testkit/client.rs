@@ -61,6 +61,7 @@ pub fn client_settings(
             exclude: vec!["*.filepart".into()],
             concurrency: 8,
             bwlimit: None,
+            trash: None,
         },
         webhook: WebhookSettings {
             listen: "127.0.0.1:0".parse().expect("valid address"),

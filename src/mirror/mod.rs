@@ -12,6 +12,10 @@
 //! place and fsyncs the directory; directory fsyncs are group-committed, so
 //! concurrent commits into one directory share one flush.
 
+mod trash;
+
+pub use trash::TRASH;
+
 use crate::event::{RemotePath, RESERVED_NAME};
 use cap_std::fs::{Dir, OpenOptions};
 use std::io;
@@ -287,6 +291,9 @@ pub struct Mirror {
     staging: Dir,
     path: PathBuf,
     group: GroupSync,
+    /// `mirror.trash`: where deleted and overwritten entries go instead.
+    trash: Option<trash::Trash>,
+    trash_keep: Option<Duration>,
     /// The exclusive lock on [`LOCK`], released when the mirror is dropped.
     _lock: Option<std::fs::File>,
 }
@@ -339,7 +346,15 @@ impl Mirror {
         root.create_dir_all(STAGING).map_err(err("create", STAGING))?;
         let staging = root.open_dir(STAGING).map_err(err("open", STAGING))?;
         clean_staging(&staging).map_err(err("clean", STAGING))?;
-        Ok(Mirror { root, staging, path: path.to_owned(), group: GroupSync::default(), _lock: Some(lock) })
+        Ok(Mirror {
+            root,
+            staging,
+            path: path.to_owned(),
+            group: GroupSync::default(),
+            trash: None,
+            trash_keep: None,
+            _lock: Some(lock),
+        })
     }
 
     /// The read-only open: creates nothing (no folder, lock or staging area);
@@ -358,7 +373,63 @@ impl Mirror {
             Err(e) => return Err(err("open mirror folder", &p)(e)),
         };
         let staging = root.try_clone().map_err(err("open mirror folder", &p))?;
-        Ok(Mirror { root, staging, path: path.to_owned(), group: GroupSync::default(), _lock: None })
+        Ok(Mirror {
+            root,
+            staging,
+            path: path.to_owned(),
+            group: GroupSync::default(),
+            trash: None,
+            trash_keep: None,
+            _lock: None,
+        })
+    }
+
+    /// Turns on `mirror.trash`: from now on deleted and overwritten entries are
+    /// moved to `.sftp-mirror/trash/<UTC date>/` and kept `keep` long. A
+    /// read-only mirror only remembers that it would (the dry-run plan says so).
+    ///
+    /// # Errors
+    /// When the trash folder cannot be created.
+    pub fn use_trash(&mut self, keep: Duration) -> Result<(), MirrorError> {
+        // Opened read-only (no lock): nothing is created.
+        if self._lock.is_none() {
+            self.trash_keep = Some(keep);
+            return Ok(());
+        }
+        self.trash = Some(trash::Trash::open(&self.root, keep).map_err(err("create", TRASH))?);
+        self.trash_keep = Some(keep);
+        Ok(())
+    }
+
+    /// How long the trash keeps entries, when it is on.
+    pub fn trash_keep(&self) -> Option<Duration> {
+        self.trash_keep
+    }
+
+    /// Removes the trash's day folders older than its keep duration; returns
+    /// how many went (0 without a trash).
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn prune_trash(&self) -> Result<u64, MirrorError> {
+        match &self.trash {
+            Some(t) => t.prune(SystemTime::now()).map_err(err("prune", TRASH)),
+            None => Ok(0),
+        }
+    }
+
+    /// Takes `rel` (of `kind`) out of the mirror: into the trash, or removed.
+    fn discard(&self, rel: &Path, kind: LocalKind) -> io::Result<()> {
+        match (&self.trash, kind) {
+            (Some(t), LocalKind::File | LocalKind::Dir) => {
+                let to = t.take(&self.root, rel, SystemTime::now())?;
+                tracing::debug!(path = %rel.display(), trash = %to.display(), "moved to the trash");
+                Ok(())
+            }
+            // Symlinks and special files are not mirror content: nothing to keep.
+            (_, LocalKind::Dir) => self.root.remove_dir_all(rel),
+            _ => self.root.remove_file(rel),
+        }
     }
 
     /// Free bytes for us in the mirror's file system.
@@ -515,7 +586,7 @@ impl Mirror {
     fn ensure_dir_at(&self, rel: &Path) -> Result<bool, MirrorError> {
         match self.lstat(rel)? {
             Some(e) if e.kind == LocalKind::Dir => return Ok(false),
-            Some(_) => self.root.remove_file(rel).map_err(err("replace with a directory", rel))?,
+            Some(e) => self.discard(rel, e.kind).map_err(err("replace with a directory", rel))?,
             None => {}
         }
         match self.root.create_dir(rel) {
@@ -587,8 +658,16 @@ impl Mirror {
         // leave an empty or partial file under the final name.
         f.sync_data().map_err(err("sync data of", r))?;
         let created = self.ensure_ancestors(r)?;
-        if let Some(LocalKind::Dir) = self.lstat(r)?.map(|e| e.kind) {
-            self.root.remove_dir_all(r).map_err(err("replace directory", r))?;
+        match self.lstat(r)?.map(|e| e.kind) {
+            Some(LocalKind::Dir) => self.discard(r, LocalKind::Dir).map_err(err("replace directory", r))?,
+            // The old version is kept by a second name; the rename below
+            // replaces it in one step, so readers never find the path missing.
+            Some(LocalKind::File) => {
+                if let Some(t) = &self.trash {
+                    t.keep_copy(&self.root, r, SystemTime::now()).map_err(err("keep in the trash", r))?;
+                }
+            }
+            _ => {}
         }
         self.staging.rename(&staged.name, &self.root, r).map_err(err("rename into place", r))?;
         staged.committed = true;
@@ -612,12 +691,7 @@ impl Mirror {
             return Ok(None);
         };
         let r = rel.as_path();
-        match entry.kind {
-            LocalKind::Dir => self.root.remove_dir_all(r),
-            _ => self.root.remove_file(r),
-        }
-        .or_else(|e| if gone(&e) { Ok(()) } else { Err(e) })
-        .map_err(err("remove", r))?;
+        self.discard(r, entry.kind).or_else(|e| if gone(&e) { Ok(()) } else { Err(e) }).map_err(err("remove", r))?;
         self.group.sync_dir(&self.root, parent_of(r)).map_err(err("sync removal of", r))?;
         Ok(Some(entry.kind))
     }
@@ -889,5 +963,26 @@ mod tests {
         let m = Mirror::open(dir.path()).unwrap();
         drop(m.staging_file().unwrap());
         assert_eq!(std::fs::read_dir(m.staging_path()).unwrap().count(), 0);
+    }
+}
+
+#[cfg(test)]
+mod trash_tests {
+    use super::*;
+
+    #[test]
+    fn an_overwritten_file_is_kept_in_the_trash_while_the_new_one_takes_its_place() {
+        let t = tempfile::tempdir().unwrap();
+        let mut m = Mirror::open(t.path()).unwrap();
+        m.use_trash(Duration::from_secs(86_400)).unwrap();
+        let rel = RemotePath::parse("r.csv").unwrap();
+        for v in ["one", "two"] {
+            let mut s = m.staging_file().unwrap();
+            std::io::Write::write_all(s.file(), v.as_bytes()).unwrap();
+            m.commit(s, &rel, 1_700_000_000).unwrap();
+        }
+        assert_eq!(std::fs::read_to_string(t.path().join("r.csv")).unwrap(), "two");
+        let day = humantime::format_rfc3339_seconds(SystemTime::now()).to_string()[..10].to_owned();
+        assert_eq!(std::fs::read_to_string(t.path().join(TRASH).join(day).join("r.csv")).unwrap(), "one");
     }
 }
