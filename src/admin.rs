@@ -163,6 +163,23 @@ async fn metrics(s: &AdminState) -> String {
         u8::from(s.syncer.remote.down_for().is_none())
     );
 
+    if let Some(h) = &s.syncer.hooks {
+        let _ = writeln!(o, "# HELP sftp_mirror_hook_runs_total Hook runs by hook and result (ok, failed, timeout).");
+        let _ = writeln!(o, "# TYPE sftp_mirror_hook_runs_total counter");
+        let runs = h.stats.runs.lock().expect("not poisoned").clone();
+        for ((hook, result), n) in runs {
+            let _ = writeln!(o, "sftp_mirror_hook_runs_total{{hook=\"{hook}\",result=\"{result}\"}} {n}");
+        }
+        let _ = writeln!(o, "# HELP sftp_mirror_hook_duration_seconds How long hook runs took.");
+        let _ = writeln!(o, "# TYPE sftp_mirror_hook_duration_seconds summary");
+        let _ = writeln!(
+            o,
+            "sftp_mirror_hook_duration_seconds_sum {}\nsftp_mirror_hook_duration_seconds_count {}",
+            h.stats.micros.load(Ordering::Relaxed) as f64 / 1e6,
+            h.stats.timed.load(Ordering::Relaxed)
+        );
+    }
+
     let _ = writeln!(o, "# HELP sftp_mirror_journal_events Journal rows by status.");
     let _ = writeln!(o, "# TYPE sftp_mirror_journal_events gauge");
     let counts = s.journal.counts().await.unwrap_or_default();

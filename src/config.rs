@@ -64,6 +64,30 @@ pub struct Settings {
     pub reconcile: ReconcileSettings,
     /// `[log]`
     pub log: LogSettings,
+    /// `[hooks]`
+    pub hooks: HookSettings,
+}
+
+/// `[hooks]` (SPEC §9): commands run after the mirror changed.
+#[derive(Debug, Clone)]
+pub struct HookSettings {
+    /// argv run after a downloaded file is durably in place.
+    pub on_file: Option<Vec<String>>,
+    /// argv run after an entry was removed.
+    pub on_delete: Option<Vec<String>>,
+    /// Runs at once at most.
+    pub concurrency: usize,
+    /// A run past this is killed (its process group too).
+    pub timeout: Duration,
+    /// Runs tried before one is `failed`.
+    pub max_attempts: u32,
+}
+
+impl HookSettings {
+    /// Whether any hook is configured.
+    pub fn any(&self) -> bool {
+        self.on_file.is_some() || self.on_delete.is_some()
+    }
 }
 
 /// `[sftp]`: where and how to connect.
@@ -256,6 +280,7 @@ const KEYS: &[(&str, &[&str])] = &[
     ("journal", &["path", "keep_done", "max_attempts"]),
     ("reconcile", &["on_start", "interval"]),
     ("log", &["format"]),
+    ("hooks", &["on_file", "on_delete", "concurrency", "timeout", "max_attempts"]),
 ];
 
 /// Reads typed values out of the merged tree, collecting problems.
@@ -846,6 +871,35 @@ fn validate(r: &mut Reader) -> Option<Settings> {
         }
     };
 
+    // [hooks]
+    let mut argv = |key: &str| {
+        let argv = r.list("hooks", key)?;
+        match argv.first().map(String::as_str) {
+            None | Some("") => {
+                r.problem("hooks", key, "empty: give the command as a list, e.g. [\"/usr/local/bin/process-upload\"]");
+                None
+            }
+            // A path is checked now, a bare name is looked up in PATH when it runs.
+            Some(cmd) if cmd.contains('/') && !is_executable(Path::new(cmd)) => {
+                r.problem("hooks", key, format!("{cmd} is not an executable file"));
+                None
+            }
+            Some(_) => Some(argv),
+        }
+    };
+    let on_file = argv("on_file");
+    let on_delete = argv("on_delete");
+    let hooks = HookSettings {
+        on_file,
+        on_delete,
+        concurrency: r.number("hooks", "concurrency", 4usize, (1, 64)),
+        timeout: r.duration("hooks", "timeout", Duration::from_secs(300)),
+        max_attempts: r.number("hooks", "max_attempts", 5u32, (1, 100)),
+    };
+    if hooks.timeout.is_zero() {
+        r.problem("hooks", "timeout", "must be more than 0s");
+    }
+
     Some(Settings {
         sftp: SftpSettings {
             host: host?,
@@ -883,7 +937,13 @@ fn validate(r: &mut Reader) -> Option<Settings> {
         journal: JournalSettings { path: journal_path, keep_done, max_attempts },
         reconcile: ReconcileSettings { on_start, interval: (!interval.is_zero()).then_some(interval) },
         log: LogSettings { format },
+        hooks,
     })
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]

@@ -166,6 +166,7 @@ pub fn syncer_with(settings: &Settings, read_only: bool) -> Result<Syncer, Serve
         max_delete_ratio: settings.mirror.max_delete_ratio,
         transfers: Arc::new(tokio::sync::Semaphore::new(settings.mirror.concurrency.max(1))),
         bandwidth: crate::remote::Bandwidth::new(settings.mirror.bwlimit),
+        hooks: None,
         locks: PathLocks::default(),
         stats: Default::default(),
     })
@@ -191,7 +192,14 @@ pub async fn start(
     let journal_path = settings.journal.path.display().to_string();
     let journal = Journal::open_with(&settings.journal.path, settings.journal.max_attempts)
         .map_err(|source| ServeError::Journal { path: journal_path.clone(), source })?;
-    let syncer = Arc::new(syncer(settings)?);
+    let mut syncer = syncer(settings)?;
+    syncer.hooks = crate::hooks::Hooks::new(journal.clone(), &settings.hooks, settings.mirror.path.clone());
+    let syncer = Arc::new(syncer);
+    if let Some(h) = &syncer.hooks {
+        h.resolve_armed(&syncer.mirror)
+            .await
+            .map_err(|source| ServeError::Journal { path: journal_path.clone(), source })?;
+    }
 
     let wake = Arc::new(Notify::new());
     let wh = &settings.webhook;
@@ -222,6 +230,9 @@ pub async fn start(
     let mut tasks = tokio::task::JoinSet::new();
     let svc = warp::service(webhook::routes(intake.clone()));
     tasks.spawn(server::serve(listener, svc, tls.clone(), wh.header_timeout, shutdown.clone()));
+    if let Some(h) = syncer.hooks.clone() {
+        tasks.spawn(h.run(shutdown.clone(), CancellationToken::new()));
+    }
     tasks.spawn(dispatch::run(
         journal.clone(),
         syncer.clone(),

@@ -433,8 +433,22 @@ async fn reconcile_command(
     json: bool,
     verbose: bool,
 ) -> Result<ExitCode, Failure> {
-    let syncer = sftp_mirror::daemon::syncer_with(settings, opts.dry_run).map_err(|e| Failure::new(EXIT_FAILED, e))?;
+    let mut syncer =
+        sftp_mirror::daemon::syncer_with(settings, opts.dry_run).map_err(|e| Failure::new(EXIT_FAILED, e))?;
+    // Changes made by this pass fire the hooks too (SPEC §9), journaled as the daemon's.
+    if !opts.dry_run && settings.hooks.any() {
+        let journal = open_journal(&settings.journal.path)?;
+        syncer.hooks = sftp_mirror::hooks::Hooks::new(journal, &settings.hooks, settings.mirror.path.clone());
+    }
     let syncer = std::sync::Arc::new(syncer);
+    let hooks_done = CancellationToken::new();
+    let hook_runner = match syncer.hooks.clone() {
+        Some(h) => {
+            h.resolve_armed(&syncer.mirror).await.map_err(|e| Failure::new(EXIT_FAILED, e))?;
+            Some(tokio::spawn(h.run(CancellationToken::new(), hooks_done.clone())))
+        }
+        None => None,
+    };
     if let Err(e) = syncer.remote.conn().await {
         return Err(Failure::new(EXIT_ACCESS, e));
     }
@@ -505,6 +519,17 @@ async fn reconcile_command(
         }
         Err(e) => return Err(Failure::new(EXIT_FAILED, e)),
     };
+    // The hooks of this pass's changes run to their end (retries included).
+    let mut hooks_failed = 0;
+    if let (Some(runner), Some(h)) = (hook_runner, &syncer.hooks) {
+        hooks_done.cancel();
+        let _ = runner.await;
+        hooks_failed = h.stats.gave_up.load(Ordering::Relaxed);
+        let ran = h.stats.timed.load(Ordering::Relaxed);
+        if !json && ran > 0 {
+            println!("hooks: {ran} run(s), {hooks_failed} failed for good (`sftp-mirror events --status failed`)");
+        }
+    }
     if json {
         println!("{}", serde_json::to_string(&summary).expect("summary serializes"));
     } else {
@@ -513,7 +538,7 @@ async fn reconcile_command(
             println!("  failed: {e}");
         }
     }
-    Ok(if summary.failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
+    Ok(if summary.failed == 0 && hooks_failed == 0 { ExitCode::SUCCESS } else { ExitCode::from(EXIT_FAILED) })
 }
 
 fn open_journal(path: &std::path::Path) -> Result<Journal, Failure> {

@@ -80,14 +80,53 @@ fn deliver(addr: &Mutex<SocketAddr>, body: &[u8], stop: &AtomicBool) -> u32 {
 
 #[test]
 fn crash_storm() {
+    storm(false);
+}
+
+/// The same storm with an `on_file` hook and the trash on (SPEC §8, §9).
+#[test]
+fn crash_storm_with_a_hook_and_the_trash() {
+    storm(true);
+}
+
+/// An `on_file` hook recording each run (path and the content it saw) as a
+/// file of its own in `runs`.
+fn storm_hook(dir: &Path) -> std::path::PathBuf {
+    let runs = dir.join("hook-runs");
+    std::fs::create_dir_all(&runs).unwrap();
+    let script = dir.join("storm-hook");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nrec={}/run.$$.$(date +%s%N)\n\
+             {{ printf '%s\\n' \"$SFTP_MIRROR_PATH\"; sha256sum < \"$SFTP_MIRROR_FULL_PATH\" | cut -d' ' -f1; }} > $rec.tmp && mv $rec.tmp $rec\n",
+            runs.display()
+        ),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+fn storm(extras: bool) {
     let n_events = knob("CRASH_EVENTS", 300) as usize;
     let n_kills = knob("CRASH_KILLS", 6) as usize;
     let seed = knob("CRASH_SEED", fastrand::u64(..));
-    eprintln!("crash storm: {n_events} events, {n_kills} kills, CRASH_SEED={seed}");
+    eprintln!("crash storm (hook and trash: {extras}): {n_events} events, {n_kills} kills, CRASH_SEED={seed}");
     let mut rng = fastrand::Rng::with_seed(seed);
 
     let env = Env::new();
-    let cfg = env.config(&Opts { concurrency: 4, ..Default::default() });
+    let mut opts = Opts { concurrency: 4, ..Default::default() };
+    if extras {
+        let hook = storm_hook(env.dir.path());
+        opts.extra_mirror = "trash = \"7d\"".into();
+        opts.extra_sections = format!("[hooks]\non_file = [{:?}]\n", hook.to_str().unwrap());
+    }
+    let cfg = env.config(&opts);
+    // Paths whose file was overwritten or deleted on the remote at least once:
+    // only those may have anything in the trash.
+    let replaced: Mutex<HashSet<String>> = Default::default();
     let history: History = Default::default();
     let daemon = Mutex::new(Daemon::start(&cfg));
     let addr = Mutex::new(daemon.lock().unwrap().addr);
@@ -184,12 +223,16 @@ fn crash_storm() {
                 version += 1;
                 let len = if rng.u32(0..10) == 0 { rng.usize(256 << 10..1536 << 10) } else { rng.usize(0..48 << 10) };
                 let data = bytes_from(version, len);
+                if remote.join(&rel).exists() {
+                    replaced.lock().unwrap().insert(rel.clone());
+                }
                 history.lock().unwrap().entry(rel.clone()).or_default().insert(sha(&data));
                 put_atomic(&env, &rel, &data, base_mtime + version);
                 event_json(&id, "file.created", &rel)
             } else if roll < 60 {
                 // Delete a file (the remote first; a delete of an absent file is harmless).
                 let rel = &files[rng.usize(..files.len())];
+                replaced.lock().unwrap().insert(rel.clone());
                 let _ = std::fs::remove_file(remote.join(rel));
                 event_json(&id, "file.deleted", rel)
             } else if roll < 75 {
@@ -202,6 +245,10 @@ fn crash_storm() {
                 // time in one go with only the directory's own event (a directory
                 // event brings its whole subtree in line with the remote).
                 let d = &dirs[rng.usize(..dirs.len())];
+                let prefix = format!("{d}/");
+                let inside: Vec<String> =
+                    history.lock().unwrap().keys().filter(|k| k.starts_with(&prefix)).cloned().collect();
+                replaced.lock().unwrap().extend(inside);
                 if rng.bool() {
                     let mut inside: Vec<String> = std::fs::read_dir(remote.join(d))
                         .map(|rd| rd.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect())
@@ -239,6 +286,9 @@ fn crash_storm() {
     assert_eq!(staging_files(&env), 0, "staging files left behind");
     let d = daemon.lock().unwrap();
     no_panic(&d.log());
+    if extras {
+        check_storm_hooks_and_trash(&env, &history, &replaced.lock().unwrap());
+    }
     println!(
         "crash storm: events sent {total_sent} ({n_events} + directory and file announcements), answered 204 {answered} \
          ({redelivered} redelivered after a kill or 503), \
@@ -249,6 +299,52 @@ fn crash_storm() {
     assert_eq!(kills, n_kills);
     assert_eq!(answered, total_sent);
     assert!(checked > 0, "the watcher saw no file at all");
+}
+
+/// Every file of the final mirror had its hook run on its final content at
+/// least once; the trash holds only versions of paths that were overwritten
+/// or deleted, each a content that path really had.
+fn check_storm_hooks_and_trash(env: &Env, history: &History, replaced: &HashSet<String>) {
+    let mut seen: HashSet<(String, String)> = HashSet::new();
+    for e in std::fs::read_dir(env.dir.path().join("hook-runs")).unwrap().flatten() {
+        if e.path().extension().is_some_and(|x| x == "tmp") {
+            continue;
+        }
+        let text = std::fs::read_to_string(e.path()).unwrap();
+        let mut lines = text.lines();
+        if let (Some(p), Some(h)) = (lines.next(), lines.next()) {
+            seen.insert((p.to_owned(), h.to_owned()));
+        }
+    }
+    let mut files = 0;
+    for (rel, s) in snapshot(&env.mirror()) {
+        if let Seen::File(h) = s {
+            files += 1;
+            assert!(
+                seen.contains(&(rel.clone(), h.clone())),
+                "{rel} (content {h}) is in the mirror but its hook never ran on it"
+            );
+        }
+    }
+    let trash = env.mirror().join(".sftp-mirror/trash");
+    let history = history.lock().unwrap();
+    let mut trashed = 0;
+    walk(&trash, |rel, p, ft| {
+        if !ft.is_file() {
+            return;
+        }
+        trashed += 1;
+        // `<date>[~N]/<path>`
+        let path = rel.split_once('/').map(|(_, r)| r.to_owned()).unwrap_or_default();
+        assert!(replaced.contains(&path), "{rel} is in the trash, but {path} was never overwritten or deleted");
+        let h = sha(&std::fs::read(p).unwrap());
+        assert!(history.get(&path).is_some_and(|v| v.contains(&h)), "{rel} holds a content {path} never had");
+    });
+    println!(
+        "crash storm: {files} final files each saw its hook, {} hook runs, {trashed} files in the trash",
+        seen.len()
+    );
+    assert!(trashed > 0, "nothing reached the trash: the storm overwrites and deletes");
 }
 
 // ---------------------------------------------------------------------------

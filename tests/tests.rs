@@ -7,6 +7,7 @@ mod common;
 mod demo;
 mod events;
 mod faults;
+mod hooks;
 mod hostile;
 mod interop;
 mod interop_servers;

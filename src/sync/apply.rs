@@ -4,6 +4,7 @@
 use super::filter::Filter;
 use super::locks::PathLocks;
 use crate::event::RemotePath;
+use crate::journal::HookKind;
 use crate::mirror::{LocalKind, Mirror, MirrorError};
 use crate::remote::{
     download, Bandwidth, Ledger, LocalOrRemote, Progress, Remote, RemoteEntry, RemoteError, RemoteKind,
@@ -117,6 +118,8 @@ pub struct Syncer {
     pub transfers: Arc<Semaphore>,
     /// Bytes per second for all downloads together (`mirror.bwlimit`).
     pub bandwidth: Bandwidth,
+    /// `[hooks]`, when configured (and the journal is open).
+    pub hooks: Option<Arc<crate::hooks::Hooks>>,
     /// Per-path exclusion shared by events and reconcile.
     pub locks: PathLocks,
     /// Counters.
@@ -130,6 +133,32 @@ async fn blocking<T: Send + 'static>(
 }
 
 impl Syncer {
+    /// Journals the hook run of a change about to be made (SPEC §9).
+    async fn arm(
+        &self,
+        hook: HookKind,
+        path: &RemotePath,
+        action: &'static str,
+        file: Option<(u64, u64)>,
+    ) -> Result<Option<i64>, ApplyError> {
+        match &self.hooks {
+            None => Ok(None),
+            Some(h) => h.arm(hook, path, action, file).await.map_err(|e| ApplyError::Internal(format!("journal: {e}"))),
+        }
+    }
+
+    async fn fire(&self, armed: Option<i64>) {
+        if let Some(h) = &self.hooks {
+            h.fire(armed).await;
+        }
+    }
+
+    async fn disarm(&self, armed: Option<i64>) {
+        if let Some(h) = &self.hooks {
+            h.disarm(armed).await;
+        }
+    }
+
     /// Empties the trash of day folders past `mirror.trash` (logged; a failure
     /// is a warning: the next round tries again).
     pub async fn prune_trash(&self) {
@@ -372,8 +401,13 @@ impl Syncer {
             tracing::info!(path = %path, "remote entry is gone; kept locally because mirror.delete = false");
             return Ok(Action::KeptNoDelete);
         }
+        let armed = self.arm(HookKind::OnDelete, path, "deleted", None).await?;
         let (m, p) = (self.mirror.clone(), path.clone());
-        blocking(move || m.remove(&p)).await?;
+        if let Err(e) = blocking(move || m.remove(&p)).await {
+            self.disarm(armed).await;
+            return Err(e);
+        }
+        self.fire(armed).await;
         self.stats.removed.fetch_add(1, Ordering::Relaxed);
         tracing::info!(path = %path, action = "remove", "removed: the remote no longer has it");
         Ok(Action::Removed)
@@ -388,6 +422,7 @@ impl Syncer {
         }
         let (m, p) = (self.mirror.clone(), path.clone());
         let local = blocking(move || m.stat(&p)).await?;
+        let replaces_file = local.is_some_and(|l| l.kind == LocalKind::File);
         if !self.delete && local.is_some_and(|l| l.kind != LocalKind::File) {
             tracing::warn!(path = %path, "kept: the remote has a file here; replacing the local entry is a deletion and mirror.delete = false");
             return Ok(Action::KeptNoDelete);
@@ -458,8 +493,15 @@ impl Syncer {
                     // read, this copy may be a mix; start again from what it is now.
                     match d.after {
                         Some(n) if d.complete && d.bytes == entry.size && n == entry => {
+                            let action = crate::hooks::file_action(replaces_file);
+                            let armed =
+                                self.arm(HookKind::OnFile, path, action, Some((entry.size, entry.mtime))).await?;
                             let (m, p, mtime) = (self.mirror.clone(), path.clone(), entry.mtime);
-                            blocking(move || m.commit(staged, &p, mtime)).await?;
+                            if let Err(e) = blocking(move || m.commit(staged, &p, mtime)).await {
+                                self.disarm(armed).await;
+                                return Err(e);
+                            }
+                            self.fire(armed).await;
                             self.stats.files.fetch_add(1, Ordering::Relaxed);
                             self.stats.bytes.fetch_add(d.bytes, Ordering::Relaxed);
                             tracing::info!(

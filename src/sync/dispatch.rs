@@ -126,11 +126,12 @@ pub async fn run(
                 async move {
                     // A panic (a bug) must not keep its rows `running` and its
                     // slot taken until a restart: it is an error like any other.
-                    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-                        syncer.apply_event(&path, since, !forced),
-                    ))
-                    .await
-                    .unwrap_or_else(|_| Err(super::apply::ApplyError::Internal("the apply panicked".into())));
+                    // The hooks of the changes it makes name this event.
+                    let apply =
+                        crate::hooks::EVENT_ID.scope(job.event_id.clone(), syncer.apply_event(&path, since, !forced));
+                    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(apply))
+                        .await
+                        .unwrap_or_else(|_| Err(super::apply::ApplyError::Internal("the apply panicked".into())));
                     syncer.count("event", &result);
                     let result = result.map_err(|e| (matches!(e, super::apply::ApplyError::Held(_)), e.to_string()));
                     drop(guard);

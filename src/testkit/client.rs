@@ -3,8 +3,8 @@
 
 use super::TestServer;
 use crate::config::{
-    AdminSettings, HostKeyPolicy, JournalSettings, LogFormat, LogSettings, MirrorSettings, ReconcileSettings, Secret,
-    Settings, SftpAuth, SftpSettings, WebhookSettings,
+    AdminSettings, HookSettings, HostKeyPolicy, JournalSettings, LogFormat, LogSettings, MirrorSettings,
+    ReconcileSettings, Secret, Settings, SftpAuth, SftpSettings, WebhookSettings,
 };
 use russh::keys::{Algorithm, PrivateKey, PublicKey};
 use std::io;
@@ -82,5 +82,12 @@ pub fn client_settings(
         },
         reconcile: ReconcileSettings { on_start: false, interval: None },
         log: LogSettings { format: LogFormat::Human },
+        hooks: HookSettings {
+            on_file: None,
+            on_delete: None,
+            concurrency: 4,
+            timeout: Duration::from_secs(300),
+            max_attempts: 5,
+        },
     })
 }

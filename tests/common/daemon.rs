@@ -35,6 +35,8 @@ pub struct Opts {
     pub extra_journal: String,
     /// `admin.listen`.
     pub admin: String,
+    /// Whole sections appended at the end (`[hooks]` …).
+    pub extra_sections: String,
 }
 
 impl Default for Opts {
@@ -52,6 +54,7 @@ impl Default for Opts {
             extra_admin: String::new(),
             extra_journal: String::new(),
             admin: "off".into(),
+            extra_sections: String::new(),
         }
     }
 }
@@ -119,6 +122,8 @@ path = {journal:?}
 [reconcile]
 on_start = {on_start}
 interval = "0s"
+
+{extra_sections}
 "#,
             port = self.sshd.port(),
             user = self.sshd.user(),
@@ -141,6 +146,7 @@ interval = "0s"
             extra_journal = o.extra_journal,
             admin = o.admin,
             on_start = o.on_start,
+            extra_sections = o.extra_sections,
         );
         let path = self.dir.path().join(format!("config-{}.toml", fastrand::u32(..)));
         std::fs::write(&path, text).unwrap();

@@ -21,6 +21,10 @@
 //! daemon opens the journal were interrupted by its predecessor and become
 //! `pending` again; `events`, `retry` and `check` leave them alone.
 
+mod hooks;
+
+pub use hooks::{HookKind, HookRun, NewHookRun, HOOK_ID_PREFIX};
+
 use rusqlite::{params, Connection, OptionalExtension};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
@@ -273,6 +277,7 @@ impl Journal {
         // Room for every statement the daemon uses, so none is parsed twice.
         conn.set_prepared_statement_cache_capacity(64);
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(hooks::SCHEMA)?;
         // Journals made by earlier versions lack the newer columns.
         for (column, decl) in [("forced", "INTEGER NOT NULL DEFAULT 0"), ("outcome", "TEXT")] {
             let has: bool =
@@ -284,6 +289,11 @@ impl Journal {
         if resume {
             conn.execute(
                 "UPDATE events SET status = 'pending', updated_ms = ?1 WHERE status = 'running'",
+                params![now_ms()],
+            )?;
+            // A hook cut short by the end of the previous daemon runs again (at least once).
+            conn.execute(
+                "UPDATE hooks SET status = 'pending', updated_ms = ?1 WHERE status = 'running'",
                 params![now_ms()],
             )?;
         }
@@ -544,12 +554,18 @@ impl Journal {
                     outcome: r.get(9)?,
                 })
             })?;
-            rows.collect()
+            let mut all = rows.collect::<rusqlite::Result<Vec<_>>>()?;
+            // Hook runs are listed with the events, newest first by when they were made.
+            all.extend(hooks::list(c, status, limit)?);
+            all.sort_by(|a, b| b.received_ms.cmp(&a.received_ms).then(b.seq.cmp(&a.seq)));
+            all.truncate(limit);
+            Ok(all)
         })
         .await
     }
 
-    /// Queues `failed` rows again: all of them, or those with the given ids.
+    /// Queues `failed` rows again (events and hook runs): all of them, or those
+    /// with the given ids (`hook-N` for a hook run).
     /// Returns how many were queued.
     ///
     /// # Errors
@@ -561,11 +577,15 @@ impl Journal {
             let sql = "UPDATE events SET status = 'pending', attempts = 0, next_at_ms = 0, updated_ms = ?2, forced = 1
                        WHERE status = 'failed' AND (?1 IS NULL OR event_id = ?1)";
             match ids {
-                None => c.execute(sql, params![None::<String>, now]),
+                None => Ok(c.execute(sql, params![None::<String>, now])? + hooks::retry(c, None)?),
                 Some(ids) => {
                     let mut n = 0;
                     for id in ids {
-                        n += c.execute(sql, params![Some(id), now])?;
+                        n += if id.starts_with(HOOK_ID_PREFIX) {
+                            hooks::retry(c, Some(&id))?
+                        } else {
+                            c.execute(sql, params![Some(id), now])?
+                        };
                     }
                     Ok(n)
                 }
@@ -580,10 +600,13 @@ impl Journal {
     /// On a database error.
     pub async fn prune(&self, older_than_ms: i64) -> Result<usize, JournalError> {
         self.call(move |c| {
-            c.execute(
-                "DELETE FROM events WHERE status IN ('done', 'ignored') AND updated_ms < ?1",
-                params![older_than_ms],
-            )
+            let hooks =
+                c.execute("DELETE FROM hooks WHERE status = 'done' AND updated_ms < ?1", params![older_than_ms])?;
+            Ok(hooks
+                + c.execute(
+                    "DELETE FROM events WHERE status IN ('done', 'ignored') AND updated_ms < ?1",
+                    params![older_than_ms],
+                )?)
         })
         .await
     }
