@@ -12,11 +12,7 @@ use std::collections::HashMap;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-/// Exit codes (SPEC §4).
-const OK: u8 = 0;
-const FAILED: u8 = 1;
-const CONFIG: u8 = 2;
-const ACCESS: u8 = 4;
+use crate::exit::{ACCESS, CONFIG, FAILED, OK};
 
 /// Run as root, hands what `check` created (`paths` that exist) to the owner
 /// of `folder`: the daemon's user must write them later, and root-owned ones

@@ -146,15 +146,26 @@ impl ServeError {
     }
 }
 
+/// How a [`Syncer`] holds the mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MirrorAccess {
+    /// The one writer (the daemon, a reconcile): takes the lock.
+    Write,
+    /// Looks only (`reconcile --dry-run`): no lock, nothing created.
+    ReadOnly,
+}
+
 /// Builds the [`Syncer`] for `settings` (shared by `serve` and `reconcile`).
-/// It takes the mirror's writer lock unless `read_only` (dry runs).
+/// A writer takes the mirror's lock; a reader (dry runs) creates nothing.
 ///
 /// # Errors
 /// When the mirror cannot be opened (or another process writes it) or the
 /// filters do not compile.
-pub fn syncer_with(settings: &Settings, read_only: bool) -> Result<Syncer, ServeError> {
-    let mut mirror =
-        if read_only { Mirror::open_read_only(&settings.mirror.path)? } else { Mirror::open(&settings.mirror.path)? };
+pub fn syncer(settings: &Settings, access: MirrorAccess) -> Result<Syncer, ServeError> {
+    let mut mirror = match access {
+        MirrorAccess::Write => Mirror::open(&settings.mirror.path)?,
+        MirrorAccess::ReadOnly => Mirror::open_read_only(&settings.mirror.path)?,
+    };
     if let Some(keep) = settings.mirror.trash {
         mirror.use_trash(keep)?;
     }
@@ -172,14 +183,6 @@ pub fn syncer_with(settings: &Settings, read_only: bool) -> Result<Syncer, Serve
     })
 }
 
-/// [`syncer_with`] for a writer.
-///
-/// # Errors
-/// As [`syncer_with`].
-pub fn syncer(settings: &Settings) -> Result<Syncer, ServeError> {
-    syncer_with(settings, false)
-}
-
 /// Starts the daemon's tasks; returns once the listener is bound and the
 /// journal open (the moment to tell systemd READY). The tasks run until `shutdown`.
 ///
@@ -192,7 +195,7 @@ pub async fn start(
     let journal_path = settings.journal.path.display().to_string();
     let journal = Journal::open_with(&settings.journal.path, settings.journal.max_attempts)
         .map_err(|source| ServeError::Journal { path: journal_path.clone(), source })?;
-    let mut syncer = syncer(settings)?;
+    let mut syncer = syncer(settings, MirrorAccess::Write)?;
     syncer.hooks = crate::hooks::Hooks::new(journal.clone(), &settings.hooks, settings.mirror.path.clone());
     let syncer = Arc::new(syncer);
     if let Some(h) = &syncer.hooks {

@@ -20,6 +20,7 @@ pub mod config;
 pub mod daemon;
 pub mod demo;
 pub mod event;
+pub mod exit;
 pub mod hooks;
 pub mod journal;
 pub mod logfmt;

@@ -4,6 +4,8 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use sftp_mirror::config::{LogFormat, Secret, Settings};
+use sftp_mirror::daemon::MirrorAccess;
+use sftp_mirror::exit::{ACCESS as EXIT_ACCESS, CONFIG as EXIT_CONFIG, FAILED as EXIT_FAILED, GUARD as EXIT_GUARD};
 use sftp_mirror::journal::{Journal, Status};
 use sftp_mirror::remote::RemoteError;
 use sftp_mirror::sync::reconcile;
@@ -119,10 +121,6 @@ impl Failure {
     }
 }
 
-const EXIT_FAILED: u8 = 1;
-const EXIT_CONFIG: u8 = 2;
-const EXIT_GUARD: u8 = 3;
-const EXIT_ACCESS: u8 = 4;
 /// Plan lines printed before a real pass ("… and N more" after that).
 const PLAN_LINES: usize = 20;
 
@@ -434,7 +432,8 @@ async fn reconcile_command(
     verbose: bool,
 ) -> Result<ExitCode, Failure> {
     let mut syncer =
-        sftp_mirror::daemon::syncer_with(settings, opts.dry_run).map_err(|e| Failure::new(EXIT_FAILED, e))?;
+        sftp_mirror::daemon::syncer(settings, if opts.dry_run { MirrorAccess::ReadOnly } else { MirrorAccess::Write })
+            .map_err(|e| Failure::new(EXIT_FAILED, e))?;
     // Changes made by this pass fire the hooks too (SPEC §9), journaled as the daemon's.
     if !opts.dry_run && settings.hooks.any() {
         let journal = open_journal(&settings.journal.path)?;

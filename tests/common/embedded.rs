@@ -40,7 +40,7 @@ impl Embedded {
     }
 
     pub fn syncer(&self) -> Arc<Syncer> {
-        Arc::new(sftp_mirror::daemon::syncer(&self.settings).unwrap())
+        Arc::new(sftp_mirror::daemon::syncer(&self.settings, sftp_mirror::daemon::MirrorAccess::Write).unwrap())
     }
 
     /// A config file for the `sftp-mirror` binary against this server.
