@@ -175,7 +175,7 @@ pub async fn run(config: Option<&Path>, env: &HashMap<String, String>, trust: bo
     // daemon holds its own ports: stop it first, or expect these to be taken.)
     let wh = &s.webhook;
     if let (Some(cert), Some(key)) = (&wh.tls_cert, &wh.tls_key) {
-        match crate::webhook::server::load_tls(cert, key) {
+        match crate::http::load_tls(cert, key) {
             Ok(_) => good(out, format!("TLS certificate {} and key load", cert.display())),
             Err(e) => return bad(out, e, CONFIG),
         }

@@ -799,7 +799,7 @@ fn validate(r: &mut Reader) -> Option<Settings> {
         }
     }
     let concurrency = r.number("mirror", "concurrency", 8usize, (1, 256));
-    let bwlimit = match r.string("mirror", "bwlimit").map(|t| crate::remote::bandwidth::parse_rate(&t)) {
+    let bwlimit = match r.string("mirror", "bwlimit").map(|t| parse_rate(&t)) {
         None => None,
         Some(Ok(rate)) => rate,
         Some(Err(e)) => {
@@ -941,6 +941,45 @@ fn validate(r: &mut Reader) -> Option<Settings> {
     })
 }
 
+/// Parses a `mirror.bwlimit` value: bytes per second with an optional unit
+/// (`K`, `M`, `G` and `KiB`, `MiB`, `GiB` are powers of 1024 as in rclone's
+/// `--bwlimit`; `KB`, `MB`, `GB` powers of 1000), an optional `/s`; `0` or
+/// `off` is no limit.
+///
+/// # Errors
+/// A message for the config error line.
+pub fn parse_rate(text: &str) -> Result<Option<u64>, String> {
+    let t = text.trim();
+    let t = t.strip_suffix("/s").unwrap_or(t).trim();
+    if t.is_empty() || t.eq_ignore_ascii_case("off") {
+        return Ok(None);
+    }
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = (&t[..split], t[split..].trim());
+    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a rate like \"20MiB\" or \"500K\""))?;
+    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kib" => 1024.0,
+        "m" | "mib" => 1024.0 * 1024.0,
+        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, KB, MB or GB)")),
+    };
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
+        return Err(format!("{text:?} is too large"));
+    }
+    if bytes == 0.0 {
+        return Ok(None);
+    }
+    if bytes < 1024.0 {
+        return Err(format!("{text:?} is below 1 KiB/s: too slow to make progress (0 turns the limit off)"));
+    }
+    Ok(Some(bytes as u64))
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
@@ -1060,6 +1099,21 @@ mod tests {
         ));
         assert!(ps.iter().any(|p| p.starts_with("SFTPTOGO_URL")), "{ps:?}");
         assert!(!ps.iter().any(|p| p.starts_with("sftp.host") || p.starts_with("sftp.username")), "{ps:?}");
+    }
+
+    #[test]
+    fn rates_as_rclone_writes_them() {
+        assert_eq!(parse_rate("20MiB"), Ok(Some(20 << 20)));
+        assert_eq!(parse_rate("20M"), Ok(Some(20 << 20)));
+        assert_eq!(parse_rate("1.5 MiB/s"), Ok(Some(3 << 19)));
+        assert_eq!(parse_rate("500KB"), Ok(Some(500_000)));
+        assert_eq!(parse_rate("1048576"), Ok(Some(1 << 20)));
+        assert_eq!(parse_rate("0"), Ok(None));
+        assert_eq!(parse_rate("off"), Ok(None));
+        assert!(parse_rate("fast").is_err());
+        assert!(parse_rate("20 furlongs").is_err());
+        assert!(parse_rate("10").is_err(), "10 B/s would stall every transfer");
+        assert!(parse_rate("1e30G").is_err());
     }
 
     #[test]

@@ -3,11 +3,12 @@
 
 use crate::admin;
 use crate::config::Settings;
+use crate::http::{self, load_tls, TlsState};
 use crate::journal::{now_ms, Journal, JournalError};
 use crate::mirror::{Mirror, MirrorError};
 use crate::remote::{Remote, RemoteError};
+use crate::sync::reconcile::LastReconcile;
 use crate::sync::{dispatch, reconcile, Filter, PathLocks, Syncer};
-use crate::webhook::server::{self, load_tls, TlsState};
 use crate::webhook::{self, Intake, Verifier};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -46,7 +47,7 @@ pub enum ServeError {
     Access(RemoteError),
     /// The TLS certificate or key could not be loaded.
     #[error(transparent)]
-    Tls(#[from] crate::webhook::server::TlsError),
+    Tls(#[from] crate::http::TlsError),
     /// Bad include/exclude patterns.
     #[error("mirror.include/exclude: {0}")]
     Filter(#[from] globset::Error),
@@ -90,24 +91,15 @@ impl Running {
         if self.syncer.bandwidth.rate() != new.mirror.bwlimit {
             self.syncer.bandwidth.set(new.mirror.bwlimit);
             match new.mirror.bwlimit {
-                Some(r) => tracing::info!(bytes_per_second = r, "mirror.bwlimit now {}/s", reconcile::human_bytes(r)),
+                Some(r) => {
+                    tracing::info!(bytes_per_second = r, "mirror.bwlimit now {}/s", crate::human::human_bytes(r))
+                }
                 None => tracing::info!("mirror.bwlimit now off"),
             }
         }
         tracing::info!("reloaded webhook secrets{}", if self.tls.is_some() { " and TLS certificate" } else { "" });
         Ok(())
     }
-}
-
-/// When the last reconcile pass ended and how.
-#[derive(Debug, Clone)]
-pub struct LastReconcile {
-    /// End time, epoch milliseconds.
-    pub at_ms: i64,
-    /// Whether it converged with no failure.
-    pub ok: bool,
-    /// The summary line or the error.
-    pub result: String,
 }
 
 /// For a journal that cannot be written: which file, who we are, and the fix
@@ -232,7 +224,7 @@ pub async fn start(
 
     let mut tasks = tokio::task::JoinSet::new();
     let svc = warp::service(webhook::routes(intake.clone()));
-    tasks.spawn(server::serve(listener, svc, tls.clone(), wh.header_timeout, shutdown.clone()));
+    tasks.spawn(http::serve(listener, svc, tls.clone(), wh.header_timeout, shutdown.clone()));
     if let Some(h) = syncer.hooks.clone() {
         tasks.spawn(h.run(shutdown.clone(), CancellationToken::new()));
     }
@@ -296,7 +288,7 @@ pub async fn start(
                 sftp_down_after: settings.admin.sftp_down_after,
             };
             let svc = warp::service(admin::routes(state));
-            tasks.spawn(server::serve(l, svc, None, wh.header_timeout, shutdown.clone()));
+            tasks.spawn(http::serve(l, svc, None, wh.header_timeout, shutdown.clone()));
             tracing::info!("admin listening on http://{bound} (/healthz, /metrics)");
             Some(bound)
         }

@@ -71,63 +71,9 @@ impl Bandwidth {
     }
 }
 
-/// Parses a `mirror.bwlimit` value: bytes per second with an optional unit
-/// (`K`, `M`, `G` and `KiB`, `MiB`, `GiB` are powers of 1024 as in rclone's
-/// `--bwlimit`; `KB`, `MB`, `GB` powers of 1000), an optional `/s`; `0` or
-/// `off` is no limit.
-///
-/// # Errors
-/// A message for the config error line.
-pub fn parse_rate(text: &str) -> Result<Option<u64>, String> {
-    let t = text.trim();
-    let t = t.strip_suffix("/s").unwrap_or(t).trim();
-    if t.is_empty() || t.eq_ignore_ascii_case("off") {
-        return Ok(None);
-    }
-    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
-    let (number, unit) = (&t[..split], t[split..].trim());
-    let value: f64 = number.parse().map_err(|_| format!("{text:?} is not a rate like \"20MiB\" or \"500K\""))?;
-    let scale: f64 = match unit.to_ascii_lowercase().as_str() {
-        "" | "b" => 1.0,
-        "k" | "kib" => 1024.0,
-        "m" | "mib" => 1024.0 * 1024.0,
-        "g" | "gib" => 1024.0 * 1024.0 * 1024.0,
-        "kb" => 1e3,
-        "mb" => 1e6,
-        "gb" => 1e9,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use B, KiB, MiB, GiB, KB, MB or GB)")),
-    };
-    let bytes = value * scale;
-    if !bytes.is_finite() || bytes >= u64::MAX as f64 {
-        return Err(format!("{text:?} is too large"));
-    }
-    if bytes == 0.0 {
-        return Ok(None);
-    }
-    if bytes < 1024.0 {
-        return Err(format!("{text:?} is below 1 KiB/s: too slow to make progress (0 turns the limit off)"));
-    }
-    Ok(Some(bytes as u64))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn rates_as_rclone_writes_them() {
-        assert_eq!(parse_rate("20MiB"), Ok(Some(20 << 20)));
-        assert_eq!(parse_rate("20M"), Ok(Some(20 << 20)));
-        assert_eq!(parse_rate("1.5 MiB/s"), Ok(Some(3 << 19)));
-        assert_eq!(parse_rate("500KB"), Ok(Some(500_000)));
-        assert_eq!(parse_rate("1048576"), Ok(Some(1 << 20)));
-        assert_eq!(parse_rate("0"), Ok(None));
-        assert_eq!(parse_rate("off"), Ok(None));
-        assert!(parse_rate("fast").is_err());
-        assert!(parse_rate("20 furlongs").is_err());
-        assert!(parse_rate("10").is_err(), "10 B/s would stall every transfer");
-        assert!(parse_rate("1e30G").is_err());
-    }
 
     #[tokio::test(start_paused = true)]
     async fn the_budget_is_shared_and_paced() {

@@ -78,7 +78,7 @@ impl std::fmt::Display for Action {
     /// What was done, for people (`events`, logs).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Action::Downloaded(n) => write!(f, "downloaded {}", crate::sync::reconcile::human_bytes(*n)),
+            Action::Downloaded(n) => write!(f, "downloaded {}", crate::human::human_bytes(*n)),
             Action::MadeDir => f.write_str("directory created"),
             Action::Removed => f.write_str("removed"),
             Action::Unchanged => f.write_str("unchanged (the mirror already matched the remote)"),
@@ -510,7 +510,7 @@ impl Syncer {
                                 bytes = d.bytes,
                                 ms = started.elapsed().as_millis() as u64,
                                 "downloaded {}",
-                                crate::sync::reconcile::human_bytes(d.bytes)
+                                crate::human::human_bytes(d.bytes)
                             );
                             return Ok(Action::Downloaded(d.bytes));
                         }

@@ -17,6 +17,7 @@
 
 use super::apply::{Action, ApplyError, Syncer};
 use crate::event::RemotePath;
+use crate::human::human_bytes;
 use crate::mirror::{LocalEntry, LocalKind};
 use crate::remote::{list_dir, RemoteEntry, RemoteError, RemoteKind, MAX_DEPTH};
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -177,21 +178,6 @@ pub struct Summary {
     pub errors: Vec<String>,
 }
 
-/// Bytes for people: `512 B`, `1.5 KiB`, `1.8 GiB` (JSON output keeps exact numbers).
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
-    if n < 1024 {
-        return format!("{n} B");
-    }
-    let mut v = n as f64 / 1024.0;
-    let mut unit = 0;
-    while v >= 1024.0 && unit < UNITS.len() - 1 {
-        v /= 1024.0;
-        unit += 1;
-    }
-    format!("{v:.1} {}", UNITS[unit])
-}
-
 impl std::fmt::Display for Summary {
     /// The one-line summary `reconcile` and `demo` print.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -238,6 +224,17 @@ pub enum ReconcileError {
         /// The configured ratio.
         ratio: f64,
     },
+}
+
+/// When the last reconcile pass ended and how.
+#[derive(Debug, Clone)]
+pub struct LastReconcile {
+    /// End time, epoch milliseconds.
+    pub at_ms: i64,
+    /// Whether it converged with no failure.
+    pub ok: bool,
+    /// The summary line or the error.
+    pub result: String,
 }
 
 /// Progress callbacks (a bar on a terminal, nothing otherwise).
@@ -536,18 +533,5 @@ async fn execute(s: &Syncer, op: &Op) -> Result<Action, ApplyError> {
                 return r;
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::human_bytes;
-
-    #[test]
-    fn sizes_for_people() {
-        assert_eq!(human_bytes(0), "0 B");
-        assert_eq!(human_bytes(1023), "1023 B");
-        assert_eq!(human_bytes(1536), "1.5 KiB");
-        assert_eq!(human_bytes(1_883_067_216), "1.8 GiB");
     }
 }

@@ -1,5 +1,5 @@
-//! Our own accept loop for the webhook (and admin) listeners: plain HTTP or
-//! TLS (rustls), with a connection limit, certificates that can be swapped
+//! HTTP plumbing shared by the webhook and admin listeners: our own accept
+//! loop for plain HTTP or TLS (rustls), with a connection limit, certificates that can be swapped
 //! while running (SIGHUP), and graceful shutdown that lets in-flight requests
 //! finish. warp 0.4 has no TLS, so its filter is served as a tower service.
 //!
