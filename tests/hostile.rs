@@ -178,7 +178,7 @@ fn traversal_and_confusion_paths_get_the_documented_answer_and_nothing_leaves_th
     let before_sshd = names(&sshd_dir);
     let mut accepted = 0;
     for (i, c) in cases.iter().enumerate() {
-        let r = d.send(&event_json(&format!("h{i}"), c.topic, &c.wire));
+        let r = d.send(&event(&format!("h{i}"), c.topic, &c.wire));
         assert_eq!(r.status, c.status, "{:?} ({}): {r:?}", c.wire, c.topic);
         if r.status == 400 {
             assert_eq!(r.body.trim().lines().count(), 1, "{:?}: one-line reason, got {:?}", c.wire, r.body);
@@ -246,7 +246,7 @@ fn links_planted_in_the_mirror_are_replaced_never_written_through() {
         ("l6", "file.created", "sldir2/"),
         ("l7", "file.deleted", "hl-gone.txt"),
     ] {
-        assert_eq!(d.send(&event_json(id, topic, path)).status, 204, "{id}");
+        assert_eq!(d.send(&event(id, topic, path)).status, 204, "{id}");
     }
     converge(&env, CONVERGE);
     wait_for("all done", || all_rows(&cfg).iter().all(|r| r["status"] == "done"));
@@ -294,7 +294,7 @@ fn symlinks_served_by_the_remote_are_never_followed_by_events_or_reconcile() {
         "normal.txt",
     ];
     for (i, p) in paths.iter().enumerate() {
-        assert_eq!(d.send(&event_json(&format!("s{i}"), "file.created", p)).status, 204, "{p}");
+        assert_eq!(d.send(&event(&format!("s{i}"), "file.created", p)).status, 204, "{p}");
     }
     wait_for("every event applied", || {
         let rows = all_rows(&cfg);
@@ -317,7 +317,7 @@ fn symlinks_served_by_the_remote_are_never_followed_by_events_or_reconcile() {
     check("after reconcile", &["normal.txt", "sub"]);
     let mut d = env.serve(&Opts { on_start: true, ..Default::default() });
     for (i, p) in paths.iter().enumerate() {
-        assert_eq!(d.send(&event_json(&format!("again{i}"), "file.created", p)).status, 204, "{p}");
+        assert_eq!(d.send(&event(&format!("again{i}"), "file.created", p)).status, 204, "{p}");
     }
     std::thread::sleep(Duration::from_secs(2));
     check("after the daemon's reconcile and events again", &["normal.txt", "sub"]);
@@ -403,7 +403,7 @@ fn json_bombs_are_refused_quickly_and_the_daemon_lives_on() {
     let rows = all_rows(&cfg);
     assert_eq!(rows.len(), 1, "refused bodies must record nothing: {rows:?}");
     // Still alive and working.
-    assert_eq!(d.send(&event_json("ok", "file.created", "alive.txt")).status, 204);
+    assert_eq!(d.send(&event("ok", "file.created", "alive.txt")).status, 204);
     wait_for("alive.txt", || env.mirror().join("alive.txt").exists());
     no_panic(&d);
 }
@@ -416,14 +416,14 @@ fn signature_and_authorization_tricks_are_401_and_record_nothing() {
     let o = Opts { authorization: Some("Bearer t0ken".into()), ..Default::default() };
     let cfg = env.config(&o);
     let mut d = Daemon::start(&cfg);
-    let body = event_json("a1", "file.created", "auth.txt");
+    let body = event("a1", "file.created", "auth.txt");
     let sig = signature(&body);
     let hexsig = sig.strip_prefix("sha256=").unwrap().to_owned();
     let digest = hex::decode(&hexsig).unwrap();
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     // What a SHA-1 signature looks like on the wire: 40 hex digits (here of the right digest's first 20 bytes).
     let sha1 = hexsig[..40].to_owned();
-    let other_body_sig = signature(&event_json("a1", "file.created", "auth.txt2"));
+    let other_body_sig = signature(&event("a1", "file.created", "auth.txt2"));
     let auth = ("Authorization", "Bearer t0ken");
     let sig_cases: Vec<(String, &str)> = vec![
         (format!("sha256={}", &hexsig[..63]), "63 hex digits"),
@@ -474,10 +474,10 @@ fn signature_and_authorization_tricks_are_401_and_record_nothing() {
     assert!(all_rows(&cfg).is_empty(), "401s must record nothing");
     // The right combination still works, in every documented encoding.
     assert_eq!(post(&d, &[auth, ("X-Hub-Signature", &sig)], &body).status, 204);
-    let b2 = event_json("a2", "file.created", "auth.txt");
+    let b2 = event("a2", "file.created", "auth.txt");
     let d2 = hex::decode(signature(&b2).strip_prefix("sha256=").unwrap()).unwrap();
     assert_eq!(post(&d, &[auth, ("X-Hub-Signature", &b64(&d2))], &b2).status, 204);
-    let b3 = event_json("a3", "file.created", "auth.txt");
+    let b3 = event("a3", "file.created", "auth.txt");
     let h3 = signature(&b3)[7..].to_uppercase();
     assert_eq!(post(&d, &[auth, ("X-Hub-Signature", &h3)], &b3).status, 204);
     wait_for("auth.txt", || env.mirror().join("auth.txt").exists());
@@ -494,13 +494,13 @@ fn http_framing_tricks_and_garbage_never_crash_the_daemon() {
     let mut d = Daemon::start(&cfg);
     let a = d.addr;
     let t = Duration::from_secs(5);
-    let body = event_json("f1", "file.created", "frame.txt");
+    let body = event("f1", "file.created", "frame.txt");
     let sig = signature(&body);
 
     // Chunked without Content-Length, signed: accepted; also in 1-byte chunks.
     let r = post(&d, &[("X-Hub-Signature", &sig), ("Transfer-Encoding", "chunked")], &body);
     assert_eq!(r.status, 204, "{r:?}");
-    let b2 = event_json("f2", "file.created", "frame.txt");
+    let b2 = event("f2", "file.created", "frame.txt");
     let mut req = format!(
         "POST /webhook HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Hub-Signature: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
         signature(&b2)
@@ -515,7 +515,7 @@ fn http_framing_tricks_and_garbage_never_crash_the_daemon() {
     assert_eq!(status_of(&raw(a, &req, false, t)), 204, "1-byte chunks");
 
     // Larger than max_body, chunked (many chunks, no length announced): 413.
-    let big = event_json("f3", "file.created", &"a".repeat(10_000));
+    let big = event("f3", "file.created", &"a".repeat(10_000));
     let mut req = format!(
         "POST /webhook HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Hub-Signature: {}\r\nTransfer-Encoding: chunked\r\n\r\n",
         signature(&big)
@@ -585,7 +585,7 @@ fn http_framing_tricks_and_garbage_never_crash_the_daemon() {
         alive(&mut d);
     }
     // Still serving, nothing recorded but the valid events.
-    let b4 = event_json("f4", "file.created", "frame.txt");
+    let b4 = event("f4", "file.created", "frame.txt");
     assert_eq!(d.send(&b4).status, 204);
     wait_for("frame.txt", || env.mirror().join("frame.txt").exists());
     let ids: BTreeSet<String> = all_rows(&cfg).iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();

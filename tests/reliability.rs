@@ -203,7 +203,7 @@ fn storm(extras: bool) {
         };
         for i in 0..4 {
             std::fs::create_dir_all(remote.join(format!("f/{i}"))).unwrap();
-            send(event_json(&format!("storm-mkdir-f{i}"), "file.created", &format!("f/{i}/")));
+            send(event(&format!("storm-mkdir-f{i}"), "file.created", &format!("f/{i}/")));
         }
         for i in 0..n_events {
             let id = format!("storm-{i}");
@@ -216,7 +216,7 @@ fn storm(extras: bool) {
                     let d = &dirs[rng.usize(..dirs.len())];
                     if !remote.join(d).exists() {
                         std::fs::create_dir_all(remote.join(d)).unwrap();
-                        send(event_json(&format!("{id}-mkdir"), "file.created", &format!("{d}/")));
+                        send(event(&format!("{id}-mkdir"), "file.created", &format!("{d}/")));
                     }
                     format!("{d}/in{}.bin", rng.u32(0..3))
                 };
@@ -228,17 +228,17 @@ fn storm(extras: bool) {
                 }
                 history.lock().unwrap().entry(rel.clone()).or_default().insert(sha(&data));
                 put_atomic(&env, &rel, &data, base_mtime + version);
-                event_json(&id, "file.created", &rel)
+                event(&id, "file.created", &rel)
             } else if roll < 60 {
                 // Delete a file (the remote first; a delete of an absent file is harmless).
                 let rel = &files[rng.usize(..files.len())];
                 replaced.lock().unwrap().insert(rel.clone());
                 let _ = std::fs::remove_file(remote.join(rel));
-                event_json(&id, "file.deleted", rel)
+                event(&id, "file.deleted", rel)
             } else if roll < 75 {
                 let d = &dirs[rng.usize(..dirs.len())];
                 std::fs::create_dir_all(remote.join(d)).unwrap();
-                event_json(&id, "file.created", &format!("{d}/"))
+                event(&id, "file.created", &format!("{d}/"))
             } else {
                 // Remove a directory: half the time the way an SFTP client does
                 // (each file, then the empty directory, each announced), half the
@@ -256,11 +256,11 @@ fn storm(extras: bool) {
                     inside.sort();
                     for (k, name) in inside.iter().enumerate() {
                         std::fs::remove_file(remote.join(d).join(name)).unwrap();
-                        send(event_json(&format!("{id}-rm{k}"), "file.deleted", &format!("{d}/{name}")));
+                        send(event(&format!("{id}-rm{k}"), "file.deleted", &format!("{d}/{name}")));
                     }
                 }
                 let _ = std::fs::remove_dir_all(remote.join(d));
-                event_json(&id, "file.deleted", &format!("{d}/"))
+                event(&id, "file.deleted", &format!("{d}/"))
             };
             send(body);
             sent.fetch_add(1, Ordering::Relaxed);
@@ -359,7 +359,7 @@ fn sshd_killed_in_the_middle_of_a_large_download_then_restarted_gives_identical_
     env.put("big/large.bin", &data);
     let cfg = env.config(&Opts::default());
     let d = Daemon::start(&cfg);
-    assert_eq!(d.send(&event_json("big-1", "file.created", "big/large.bin")).status, 204);
+    assert_eq!(d.send(&event("big-1", "file.created", "big/large.bin")).status, 204);
     let at = (size as u64 / 8).max(1 << 20);
     wait_for("the download to be under way", || staging_bytes(&env) >= at);
     env.sshd.stop();
@@ -500,7 +500,7 @@ fn a_full_or_read_only_mirror_disk_keeps_events_pending_with_a_clear_error_then_
     let d = Daemon::start(&cfg);
 
     // Full disk.
-    assert_eq!(d.send(&event_json("full-1", "file.created", "big5.bin")).status, 204);
+    assert_eq!(d.send(&event("full-1", "file.created", "big5.bin")).status, 204);
     let r = wait_failed_attempt(&cfg, "full-1");
     let err = r["last_error"].as_str().unwrap_or_default();
     // Refused before a byte is written: the declared size does not fit.
@@ -515,7 +515,7 @@ fn a_full_or_read_only_mirror_disk_keeps_events_pending_with_a_clear_error_then_
     // Read-only disk.
     env.put("ro/after.txt", b"written once the disk is writable again");
     disk.remount("ro");
-    assert_eq!(d.send(&event_json("ro-1", "file.created", "ro/after.txt")).status, 204);
+    assert_eq!(d.send(&event("ro-1", "file.created", "ro/after.txt")).status, 204);
     let r = wait_failed_attempt(&cfg, "ro-1");
     let err = r["last_error"].as_str().unwrap_or_default();
     assert!(err.contains("Read-only file system"), "unclear error: {r}");
@@ -546,7 +546,7 @@ fn looking_at_the_journal_does_not_disturb_the_running_daemon() {
     env.put("watched.bin", &data);
     let cfg = env.config(&Opts::default());
     let d = Daemon::start(&cfg);
-    assert_eq!(d.send(&event_json("watched-1", "file.created", "watched.bin")).status, 204);
+    assert_eq!(d.send(&event("watched-1", "file.created", "watched.bin")).status, 204);
     wait_for("the download to be under way", || staging_bytes(&env) >= 4 << 20);
     // `events` is a read-only look: the row being applied stays `running`.
     let r = row(&cfg, "watched-1").unwrap();
@@ -605,7 +605,7 @@ fn load_phase(
                         if let Some(wait) = due.checked_duration_since(Instant::now()) {
                             std::thread::sleep(wait);
                         }
-                        let body = event_json(&format!("load-{i}"), "file.created", &path_of(i));
+                        let body = event(&format!("load-{i}"), "file.created", &path_of(i));
                         let t0 = Instant::now();
                         let code = client.post(&body).unwrap_or(0);
                         lat.push(t0.elapsed().as_micros() as u32);
@@ -754,7 +754,7 @@ fn a_broken_journal_does_not_make_the_dispatcher_spin() {
     let d = Daemon::start(&cfg);
     // A row in backoff: the SFTP server is gone, so its apply fails.
     env.sshd.stop();
-    assert_eq!(d.send(&event_json("spin-1", "file.created", "later.txt")).status, 204);
+    assert_eq!(d.send(&event("spin-1", "file.created", "later.txt")).status, 204);
     wait_failed_attempt(&cfg, "spin-1");
     // Then the journal breaks: with its WAL gone, every request fails at once.
     std::fs::remove_file(env.journal().with_extension("db-wal")).unwrap();
@@ -776,10 +776,10 @@ fn an_apply_that_panics_fails_its_event_and_frees_its_slot() {
     // One apply at a time: a slot that stayed taken would stop everything.
     let cfg = env.config(&Opts { concurrency: 1, ..Default::default() });
     let d = Daemon::start_with_env(&cfg, &[("SFTP_MIRROR_TEST_PANIC_ON", "boom.txt")]);
-    assert_eq!(d.send(&event_json("boom-1", "file.created", "boom.txt")).status, 204);
+    assert_eq!(d.send(&event("boom-1", "file.created", "boom.txt")).status, 204);
     let r = wait_failed_attempt(&cfg, "boom-1");
     assert!(r["last_error"].as_str().unwrap_or_default().contains("panicked"), "{r}");
-    assert_eq!(d.send(&event_json("after-1", "file.created", "after.txt")).status, 204);
+    assert_eq!(d.send(&event("after-1", "file.created", "after.txt")).status, 204);
     wait_for("the next event", || std::fs::read(env.mirror().join("after.txt")).is_ok());
 }
 

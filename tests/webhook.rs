@@ -72,16 +72,31 @@ fn refusals_have_the_documented_status_and_record_nothing() {
 #[test]
 fn pings_other_topics_and_duplicates_are_204() {
     let env = Env::new();
+    env.put("a.txt", b"a");
     let d = env.serve(&Opts::default());
     let ping =
         br#"{"Id":"p1","Topic":"webhook.ping","Data":{"Topics":["file.created"],"State":"Active","Url":"https://x"}}"#;
     assert_eq!(d.send(ping).status, 204);
     assert_eq!(d.send(&event("dl", "file.downloaded", "a.txt")).status, 204);
     assert_eq!(d.send(&event("job", "job.execution.completed", "a.txt")).status, 204);
+    // Duplicates (SFTP To Go delivers at least once): answered 204, one row each.
+    assert_eq!(d.send(ping).status, 204);
+    let created = event("c1", "file.created", "a.txt");
+    for _ in 0..3 {
+        assert_eq!(d.send(&created).status, 204);
+    }
+    wait_for("a.txt", || env.mirror().join("a.txt").exists());
     let out = env.run(&Opts::default(), &["events", "--json"]);
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert!(v.as_array().unwrap().iter().all(|r| r["status"] == "ignored"), "{v}");
-    assert_eq!(v.as_array().unwrap().len(), 3);
+    let rows = v.as_array().unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["id"].as_str().unwrap()).collect();
+    assert_eq!(rows.len(), 4, "one row per id: {ids:?}");
+    assert!(rows.iter().filter(|r| r["id"] != "c1").all(|r| r["status"] == "ignored"), "{v}");
+    wait_for("c1 done", || {
+        let out = env.run(&Opts::default(), &["events", "--json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v.as_array().unwrap().iter().any(|r| r["id"] == "c1" && r["status"] == "done")
+    });
 }
 
 #[test]
@@ -90,13 +105,32 @@ fn base64_signature_and_rotation_secrets_are_accepted() {
     use hmac::{Hmac, KeyInit, Mac};
     let env = Env::new();
     env.put("f.txt", b"x");
-    let d = env.serve(&Opts::default());
-    let body = event("b64", "file.created", "f.txt");
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
-    mac.update(&body);
-    let b64 = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
-    let r = request(d.addr, "POST", "/webhook", &[("X-Hub-Signature", &b64)], &body);
-    assert_eq!(r.status, 204, "{r:?}");
+    // During a rotation both the new and the old secret are valid.
+    let cfg = env.config(&Opts::default());
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("secret = {SECRET:?}"), &format!("secrets = [\"new-secret\", {SECRET:?}]"));
+    std::fs::write(&cfg, text).unwrap();
+    let d = Daemon::start(&cfg);
+    let b64 = |secret: &str, body: &[u8]| {
+        let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(body);
+        base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes())
+    };
+    let post = |sig: &str, body: &[u8]| request(d.addr, "POST", "/webhook", &[("X-Hub-Signature", sig)], body).status;
+    let (old, new) = (event("old-1", "file.created", "f.txt"), event("new-1", "file.created", "f.txt"));
+    // Each secret in each encoding: base64 (the older sample), sha256=hex, bare hex.
+    assert_eq!(post(&b64(SECRET, &old), &old), 204, "old secret, base64");
+    assert_eq!(post(&b64("new-secret", &new), &new), 204, "new secret, base64");
+    let hex = sftp_mirror::webhook::sign(&Secret::new("new-secret"), &event("new-2", "file.created", "f.txt"));
+    assert_eq!(post(&hex, &event("new-2", "file.created", "f.txt")), 204, "new secret, sha256=hex");
+    let bare = event("new-3", "file.created", "f.txt");
+    let bare_sig = sftp_mirror::webhook::sign(&Secret::new("new-secret"), &bare);
+    assert_eq!(post(bare_sig.trim_start_matches("sha256="), &bare), 204, "new secret, bare hex");
+    // A secret that is neither is refused.
+    let forged = event("forged", "file.created", "f.txt");
+    assert_eq!(post(&b64("another-secret", &forged), &forged), 401);
+    wait_for("f.txt", || env.mirror().join("f.txt").exists());
 }
 
 #[test]

@@ -3,9 +3,8 @@
 //! non-panicking and a keep-alive HTTP client, raw socket requests, journal
 //! queries and process memory figures.
 
-use super::daemon::{bin, wait_mirror_equals_remote, wait_trees_equal, walk, Env, SECRET};
+use super::daemon::{bin, tree, wait_trees_equal, Env, SECRET};
 use sftp_mirror::config::Secret;
-use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -16,19 +15,6 @@ use std::time::{Duration, Instant};
 pub fn sha(data: &[u8]) -> String {
     use sha2::{Digest, Sha256};
     hex::encode(Sha256::digest(data))
-}
-
-/// An event body built with a real JSON encoder, so any `path` (quotes,
-/// backslashes, control characters) arrives exactly as given.
-pub fn event_json(id: &str, topic: &str, path: &str) -> Vec<u8> {
-    let size = if topic == "file.created" { serde_json::json!(12) } else { serde_json::Value::Null };
-    serde_json::to_vec(&serde_json::json!({
-        "Id": id, "Topic": topic, "CreatedAt": 1_700_000_000_000i64,
-        "Actor": {"Type": "User", "Id": "owner"},
-        "Data": {"Path": path, "Size": size},
-        "Metadata": {"Delivery": {"Id": format!("d-{id}")}, "Event": {"Id": id, "Topic": topic}},
-    }))
-    .unwrap()
 }
 
 /// `X-Hub-Signature` for `body` with the test secret.
@@ -53,59 +39,12 @@ pub fn set_mtime(p: &Path, secs: u64) {
     f.set_modified(std::time::UNIX_EPOCH + Duration::from_secs(secs)).unwrap();
 }
 
-/// What a walk of the mirror saw at one path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Seen {
-    Dir,
-    File(String),
-    Symlink,
-    Other,
-}
-
-/// Every entry under `root` except the top-level `.sftp-mirror`, tolerating
-/// entries that disappear or are replaced during the walk (they are skipped).
-pub fn snapshot(root: &Path) -> Vec<(String, Seen)> {
-    let mut out = Vec::new();
-    walk(root, |rel, p, ft| {
-        let seen = if ft.is_dir() {
-            Seen::Dir
-        } else if ft.is_symlink() {
-            Seen::Symlink
-        } else if ft.is_file() {
-            // Open without following a symlink swapped in meanwhile.
-            use std::os::unix::fs::OpenOptionsExt;
-            let f = std::fs::OpenOptions::new().read(true).custom_flags(0o400000 /* O_NOFOLLOW */).open(p);
-            let Ok(mut f) = f else { return };
-            let mut buf = Vec::new();
-            if f.read_to_end(&mut buf).is_err() {
-                return;
-            }
-            Seen::File(sha(&buf))
-        } else {
-            Seen::Other
-        };
-        out.push((rel, seen));
-    });
-    out
-}
-
 /// POSTs a signed `body` over a fresh connection; `None` when the daemon is
 /// not there or the connection broke before a status line (never panics).
 pub fn try_post(addr: SocketAddr, body: &[u8], timeout: Duration) -> Option<u16> {
     let sig = signature(body);
-    let mut s = TcpStream::connect_timeout(&addr, timeout).ok()?;
-    s.set_read_timeout(Some(timeout)).ok()?;
-    s.set_write_timeout(Some(timeout)).ok()?;
-    let head = format!(
-        "POST /webhook HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nX-Hub-Signature: {sig}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    );
-    s.write_all(head.as_bytes()).ok()?;
-    s.write_all(body).ok()?;
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).ok()?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let headers = [("X-Hub-Signature", sig.as_str()), ("Content-Type", "application/json")];
+    super::http::try_request(addr, "POST", "/webhook", &headers, body, timeout).map(|r| r.status)
 }
 
 /// Sends raw bytes on a new connection, optionally half-closes, and returns
@@ -273,27 +212,10 @@ impl Drop for Tmpfs {
     }
 }
 
-/// The tree as `tree()` shows it, from a walk that tolerates concurrent changes.
-pub fn robust_tree(root: &Path) -> BTreeMap<String, String> {
-    snapshot(root)
-        .into_iter()
-        .map(|(k, v)| {
-            let v = match v {
-                Seen::Dir => "dir".to_string(),
-                Seen::File(h) => h,
-                Seen::Symlink => "symlink".to_string(),
-                Seen::Other => "other".to_string(),
-            };
-            (k, v)
-        })
-        .collect()
-}
-
 /// Waits (up to `within`) until the mirror equals the remote, while the daemon
-/// may still be changing the mirror; then checks once more with the harness's `tree()`.
+/// may still be changing the mirror.
 pub fn converge(env: &Env, within: Duration) {
-    wait_trees_equal(env, within, robust_tree);
-    wait_mirror_equals_remote(env);
+    wait_trees_equal(env, within, tree);
 }
 
 /// Incompressible bytes from a seed, fast enough in debug builds for hundreds of MiB.

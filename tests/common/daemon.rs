@@ -325,16 +325,22 @@ impl Drop for Daemon {
     }
 }
 
-/// An SFTP To Go-shaped event body; `path` is given already form-urlencoded.
+/// A signed-ready event body as SFTP To Go sends it, built with a real JSON
+/// encoder, so any `path` (quotes, backslashes, control characters) arrives
+/// exactly as given. `path` is the wire form (form-urlencoded).
 pub fn event(id: &str, topic: &str, path: &str) -> Vec<u8> {
-    let size = if topic == "file.created" { "12" } else { "null" };
-    format!(
-        r#"{{"Id":"{id}","Topic":"{topic}","CreatedAt":1700000000000,"UpdatedAt":1700000000000,
-"Actor":{{"Type":"User","Id":"owner"}},"Resource":"File","PreviousData":null,
-"Data":{{"Path":"{path}","Size":{size}}},
-"Metadata":{{"Organization":{{"Id":"org"}},"Webhook":{{"Id":"wh"}},"Delivery":{{"Id":"d-{id}"}},"Attempt":{{"Id":"a-{id}"}},"Event":{{"Id":"{id}","Topic":"{topic}"}}}}}}"#
-    )
-    .into_bytes()
+    let size = if topic == "file.created" { serde_json::json!(12) } else { serde_json::Value::Null };
+    serde_json::to_vec(&serde_json::json!({
+        "Id": id, "Topic": topic, "CreatedAt": 1_700_000_000_000i64, "UpdatedAt": 1_700_000_000_000i64,
+        "Actor": {"Type": "User", "Id": "owner"}, "Resource": "File", "PreviousData": null,
+        "Data": {"Path": path, "Size": size},
+        "Metadata": {
+            "Organization": {"Id": "org"}, "Webhook": {"Id": "wh"},
+            "Delivery": {"Id": format!("d-{id}")}, "Attempt": {"Id": format!("a-{id}")},
+            "Event": {"Id": id, "Topic": topic},
+        },
+    }))
+    .unwrap()
 }
 
 /// Calls `visit(relative path, path, type)` for every entry under `root` except
@@ -359,24 +365,59 @@ pub fn walk(root: &Path, mut visit: impl FnMut(String, &Path, std::fs::FileType)
     }
 }
 
-/// Every entry under `root` (skipping `.sftp-mirror`): relative path → file
-/// bytes' SHA-256, "dir" or "symlink -> target".
-pub fn tree(root: &Path) -> BTreeMap<String, String> {
-    use sha2::{Digest, Sha256};
-    let mut out = BTreeMap::new();
+/// What a walk of the mirror saw at one path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Seen {
+    Dir,
+    File(String),
+    /// With its target.
+    Symlink(String),
+    Other,
+}
+
+/// Every entry under `root` except the top-level `.sftp-mirror`, tolerating
+/// entries that disappear or are replaced during the walk (they are skipped).
+pub fn snapshot(root: &Path) -> Vec<(String, Seen)> {
+    let mut out = Vec::new();
     walk(root, |rel, p, ft| {
         let seen = if ft.is_dir() {
-            Some("dir".into())
+            Seen::Dir
         } else if ft.is_symlink() {
-            std::fs::read_link(p).ok().map(|t| format!("symlink -> {}", t.display()))
+            Seen::Symlink(std::fs::read_link(p).map(|t| t.display().to_string()).unwrap_or_default())
+        } else if ft.is_file() {
+            // Open without following a symlink swapped in meanwhile.
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new().read(true).custom_flags(0o400000 /* O_NOFOLLOW */).open(p);
+            let Ok(mut f) = f else { return };
+            let mut buf = Vec::new();
+            if std::io::Read::read_to_end(&mut f, &mut buf).is_err() {
+                return;
+            }
+            Seen::File(super::chaos::sha(&buf))
         } else {
-            std::fs::read(p).ok().map(|bytes| hex::encode(Sha256::digest(bytes)))
+            Seen::Other
         };
-        if let Some(seen) = seen {
-            out.insert(rel, seen);
-        }
+        out.push((rel, seen));
     });
     out
+}
+
+/// Every entry under `root` (skipping `.sftp-mirror`): relative path → file
+/// bytes' SHA-256, "dir", "symlink -> target" or "other"; entries that vanish
+/// or are replaced while it looks are skipped.
+pub fn tree(root: &Path) -> BTreeMap<String, String> {
+    snapshot(root)
+        .into_iter()
+        .map(|(k, v)| {
+            let v = match v {
+                Seen::Dir => "dir".to_string(),
+                Seen::File(h) => h,
+                Seen::Symlink(t) => format!("symlink -> {t}"),
+                Seen::Other => "other".to_string(),
+            };
+            (k, v)
+        })
+        .collect()
 }
 
 /// Polls `f` until it is true or [`CONVERGE`] passes; panics with `what`.
