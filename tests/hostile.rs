@@ -319,7 +319,14 @@ fn symlinks_served_by_the_remote_are_never_followed_by_events_or_reconcile() {
     for (i, p) in paths.iter().enumerate() {
         assert_eq!(d.send(&event(&format!("again{i}"), "file.created", p)).status, 204, "{p}");
     }
-    std::thread::sleep(Duration::from_secs(2));
+    // Every one of them applied (or refused) before the mirror is looked at.
+    wait_for("the events applied", || {
+        let out = env.run(&Opts::default(), &["events", "--json", "--limit", "10000"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let again: Vec<&serde_json::Value> =
+            rows.iter().filter(|r| r["id"].as_str().is_some_and(|i| i.starts_with("again"))).collect();
+        again.len() == paths.len() && again.iter().all(|r| r["status"] != "pending" && r["status"] != "running")
+    });
     check("after the daemon's reconcile and events again", &["normal.txt", "sub"]);
     alive(&mut d);
     no_panic(&d);

@@ -118,7 +118,12 @@ fn server_gone_mid_pass_then_back_converges() {
     for i in 0..50 {
         assert_eq!(d.send(&event(&format!("e{i}"), "file.created", &format!("f{i}.bin"))).status, 204);
     }
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The outage is seen: an apply failed and its event waits for a retry.
+    wait_for("a failed attempt", || {
+        let out = env.run(&Opts::default(), &["events", "--json", "--limit", "100"]);
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        rows.iter().any(|r| r["attempts"].as_u64() >= Some(1) && !r["last_error"].is_null())
+    });
     env.sshd.restart();
     wait_mirror_equals_remote(&env);
     drop(d);
