@@ -1,19 +1,14 @@
-//! The event workers: claim due rows from the journal, run them with per-path
-//! ordering and bounded concurrency, record the outcome.
-//!
-//! Rows are started in the order received. A row whose path overlaps a row
-//! still waiting before it, or one running, waits. Waiting rows for the very
-//! same path (up to a row on an overlapping, different path) are applied once:
-//! one `stat` of the remote answers all of them, since each was received
-//! before that `stat` (SPEC §2).
+//! The event workers: claim due rows from the journal, start what
+//! [`Schedule`] lets start (per-path order, folding), bounded by
+//! `mirror.concurrency`, and record each outcome.
 
-use super::apply::{Action, Syncer};
+use super::apply::{Action, ApplyError, Syncer};
+use super::schedule::{Batch, Schedule};
 use crate::event::RemotePath;
-use crate::journal::{now_ms, Job, Journal};
-use std::collections::VecDeque;
+use crate::journal::{now_ms, Journal};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Rows held in memory at most; more wait in the journal.
@@ -28,10 +23,10 @@ const CLAIM_BACKOFF: Duration = Duration::from_secs(1);
 /// How long shutdown waits for running applies before handing them back.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(20);
 
+/// What one batch's apply came to.
 struct Done {
     seqs: Vec<i64>,
-    /// The error, and whether the event delete guard held it.
-    result: Result<Action, (bool, String)>,
+    result: Result<Action, ApplyError>,
 }
 
 /// Runs the workers until `shutdown`; `wake` is notified by intake after each
@@ -43,25 +38,20 @@ pub async fn run(
     concurrency: usize,
     shutdown: CancellationToken,
 ) {
-    let mut queue: VecDeque<(Job, RemotePath)> = VecDeque::new();
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<Done>();
-    let mut running = 0usize;
+    let mut schedule = Schedule::default();
     let mut next_due: Option<i64> = None;
-    let mut tasks = tokio::task::JoinSet::new();
+    let mut tasks: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
     // After a failed claim: how long to wait before the next (doubling).
     let mut claim_backoff: Option<Duration> = None;
     loop {
-        // A JoinSet keeps every finished task (its whole allocation) until it is
-        // joined: reap them, or the daemon grows by a few KiB with every apply.
-        while tasks.try_join_next().is_some() {}
-        if queue.len() < WINDOW / 2 {
-            match journal.claim(WINDOW - queue.len()).await {
+        if schedule.len() < WINDOW / 2 {
+            let asked = WINDOW - schedule.len();
+            match journal.claim(asked).await {
                 Ok(jobs) => {
-                    let asked = WINDOW - queue.len();
                     let got = jobs.len();
                     for job in jobs {
                         match RemotePath::parse(&job.path) {
-                            Ok(p) => queue.push_back((job, p)),
+                            Ok(p) => schedule.push(job, p),
                             Err(e) => {
                                 // Only validated paths are stored; keep going if one is not.
                                 let _ = journal.fail(vec![job.seq], format!("stored path is invalid: {e}")).await;
@@ -81,67 +71,34 @@ pub async fn run(
             }
         }
 
-        // Start what may start, in order.
-        let mut waiting: Vec<RemotePath> = Vec::new();
-        let mut i = 0;
-        while running < concurrency && i < queue.len() {
-            let path = &queue[i].1;
-            if waiting.iter().any(|w| w.overlaps(path)) {
-                waiting.push(path.clone());
-                i += 1;
-                continue;
-            }
-            let Some(guard) = syncer.locks.try_lock(path) else {
-                waiting.push(path.clone());
-                i += 1;
-                continue;
-            };
-            let (job, path) = queue.remove(i).expect("index checked");
-            let mut seqs = vec![job.seq];
-            // SPEC §2: a copy made before a `file.created` was received may be stale.
-            let mut since = job.created.then_some(job.received_ms);
-            let mut forced = job.forced;
-            // Fold in the later rows for the same path, up to the first row on an
-            // overlapping but different path (whose order relative to them matters);
-            // rows on unrelated paths in between do not matter.
-            let mut j = i;
-            while let Some((next, p)) = queue.get(j) {
-                if p == &path {
-                    seqs.push(next.seq);
-                    if next.created {
-                        since = since.max(Some(next.received_ms));
-                    }
-                    forced |= next.forced;
-                    queue.remove(j);
-                } else if p.overlaps(&path) {
-                    break;
-                } else {
-                    j += 1;
-                }
-            }
-            running += 1;
-            let (syncer, tx) = (syncer.clone(), done_tx.clone());
-            let span = tracing::info_span!("apply", event = %job.event_id, path = %path);
+        // Registered before the locks are tried: a release in between is not missed.
+        let released = syncer.locks.released();
+        tokio::pin!(released);
+        released.as_mut().enable();
+        let free = concurrency.saturating_sub(tasks.len());
+        for (batch, guard) in schedule.start(free, |p| syncer.locks.try_lock(p)) {
+            let syncer = syncer.clone();
+            let span = tracing::info_span!("apply", event = %batch.event_id, path = %batch.path);
             tasks.spawn(tracing::Instrument::instrument(
                 async move {
+                    let Batch { seqs, event_id, path, since, forced } = batch;
+                    // The hooks of the changes it makes name this event.
+                    let apply = crate::hooks::EVENT_ID.scope(event_id, syncer.apply_event(&path, since, !forced));
                     // A panic (a bug) must not keep its rows `running` and its
                     // slot taken until a restart: it is an error like any other.
-                    // The hooks of the changes it makes name this event.
-                    let apply =
-                        crate::hooks::EVENT_ID.scope(job.event_id.clone(), syncer.apply_event(&path, since, !forced));
                     let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(apply))
                         .await
-                        .unwrap_or_else(|_| Err(super::apply::ApplyError::Internal("the apply panicked".into())));
+                        .unwrap_or_else(|_| Err(ApplyError::Internal("the apply panicked".into())));
                     syncer.count("event", &result);
-                    let result = result.map_err(|e| (matches!(e, super::apply::ApplyError::Held(_)), e.to_string()));
                     drop(guard);
-                    let _ = tx.send(Done { seqs, result });
+                    Done { seqs, result }
                 },
                 span,
             ));
         }
 
-        // Rows held back by locks are woken by a completion; rows in backoff by their due time.
+        // Rows held back by a lock wait for its release (a completion here, or
+        // a reconcile pass letting go); rows in backoff for their due time.
         let sleep_for = match (claim_backoff, next_due) {
             (Some(wait), _) => wait,
             (None, Some(due)) => Duration::from_millis(due.saturating_sub(now_ms()).max(0) as u64).min(IDLE_POLL),
@@ -150,28 +107,26 @@ pub async fn run(
         tokio::select! {
             _ = shutdown.cancelled() => break,
             _ = wake.notified() => {}
-            Some(d) = done_rx.recv() => {
-                running -= 1;
-                finish(&journal, &syncer, d).await;
-                while let Ok(d) = done_rx.try_recv() {
-                    running -= 1;
-                    finish(&journal, &syncer, d).await;
+            Some(done) = tasks.join_next(), if !tasks.is_empty() => {
+                finish(&journal, &syncer, done).await;
+                while let Some(done) = tasks.try_join_next() {
+                    finish(&journal, &syncer, done).await;
                 }
             }
+            _ = &mut released, if !schedule.is_empty() => {}
             _ = tokio::time::sleep(sleep_for) => {}
         }
     }
 
     // Shutdown: let running applies finish within the deadline; hand the rest back.
-    let left: Vec<i64> = queue.iter().map(|(j, _)| j.seq).collect();
-    let _ = journal.release(left).await;
+    let _ = journal.release(schedule.drain()).await;
     let deadline = tokio::time::sleep(DRAIN_DEADLINE);
     tokio::pin!(deadline);
-    while running > 0 {
+    while !tasks.is_empty() {
         tokio::select! {
-            Some(d) = done_rx.recv() => { running -= 1; finish(&journal, &syncer, d).await; }
+            Some(done) = tasks.join_next() => finish(&journal, &syncer, done).await,
             _ = &mut deadline => {
-                tracing::warn!(running, "shutdown deadline reached; unfinished events stay in the journal");
+                tracing::warn!(running = tasks.len(), "shutdown deadline reached; unfinished events stay in the journal");
                 tasks.abort_all();
                 break;
             }
@@ -179,8 +134,11 @@ pub async fn run(
     }
 }
 
-async fn finish(journal: &Journal, syncer: &Syncer, d: Done) {
-    let r = match d.result {
+async fn finish(journal: &Journal, syncer: &Syncer, done: Result<Done, tokio::task::JoinError>) {
+    // An apply task only ends early when aborted at shutdown: its rows stay
+    // `running` and resume at the next start.
+    let Ok(d) = done else { return };
+    let r = match d.result.map_err(|e| (matches!(e, ApplyError::Held(_)), e.to_string())) {
         Ok(action) => {
             // The change itself was logged where it happened (see `Syncer`).
             tracing::debug!(events = d.seqs.len(), "applied: {action}");

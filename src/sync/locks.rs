@@ -57,8 +57,9 @@ impl PathLocks {
         }
     }
 
-    /// A future that resolves at the next release (for schedulers that retry `try_lock`).
-    pub fn released(&self) -> impl std::future::Future<Output = ()> + '_ {
+    /// A future that resolves at the next release (for schedulers that retry
+    /// `try_lock`: `enable` it before trying, so no release is missed).
+    pub fn released(&self) -> tokio::sync::futures::Notified<'_> {
         self.inner.released.notified()
     }
 }

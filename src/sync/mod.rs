@@ -5,6 +5,7 @@ pub mod dispatch;
 pub mod filter;
 pub mod locks;
 pub mod reconcile;
+pub mod schedule;
 
 pub use apply::{Action, ApplyError, Syncer};
 pub use filter::Filter;
