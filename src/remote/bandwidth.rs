@@ -11,9 +11,10 @@ use std::time::Duration;
 // Tokio's clock, so tests can run the pacing on paused time.
 use tokio::time::Instant;
 
-/// How much unused budget may pile up: a quarter second's worth, so an idle
-/// moment does not allow a burst far above the rate.
-const BURST: Duration = Duration::from_millis(250);
+/// How much unused budget may pile up: 50 ms worth, so an idle moment does
+/// not let the next transfer start far above the rate (a quarter second let
+/// a 1 s transfer finish 16% early).
+const BURST: Duration = Duration::from_millis(50);
 
 /// The shared budget. `Bandwidth::default()` is unlimited.
 #[derive(Debug, Default)]
@@ -80,7 +81,7 @@ mod tests {
         let bw = std::sync::Arc::new(Bandwidth::new(Some(1 << 20)));
         let start = tokio::time::Instant::now();
         // Four takers of 1 MiB each in 64 KiB steps: 4 MiB at 1 MiB/s is about
-        // 4 s (less the quarter second of burst the bucket may hold).
+        // 4 s (less the 50 ms of burst the bucket may hold).
         let tasks: Vec<_> = (0..4)
             .map(|_| {
                 let bw = bw.clone();
@@ -95,7 +96,7 @@ mod tests {
             t.await.unwrap();
         }
         let took = start.elapsed().as_secs_f64();
-        assert!((3.7..=4.1).contains(&took), "{took} s");
+        assert!((3.9..=4.05).contains(&took), "{took} s");
         bw.set(None);
         let before = tokio::time::Instant::now();
         bw.take(1 << 30).await;
