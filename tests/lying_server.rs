@@ -73,8 +73,11 @@ async fn names_no_directory_can_hold_are_skipped_and_a_self_listing_directory_en
         }
         n
     };
+    // Each listed directory is asked for again before it is created (the one
+    // tree diff's rule): the server's own stat does not know "d/d", so the
+    // made-up chain is never built, and the walk into it ends at once.
     let levels = depth(&e.mirror());
-    assert!(levels > 0 && levels < sftp_mirror::remote::MAX_DEPTH, "{levels} levels");
+    assert_eq!(levels, 0, "{levels} levels of a directory the server's stat denies");
     // And a whole pass over it ends, converged, without failures.
     let r = reconcile::run(&s, reconcile::Options::default(), 1.0, 4, &reconcile::Quiet, &mut |_| {}).await.unwrap();
     assert_eq!(r.failed, 0, "{r:?}");

@@ -1,6 +1,7 @@
 //! One path → one action (SPEC §2): ask the remote what the path is now and
 //! make the mirror match. Events and reconcile both end here.
 
+use super::diff::{diff_dir, Op};
 use super::filter::Filter;
 use super::locks::PathLocks;
 use crate::event::RemotePath;
@@ -252,6 +253,29 @@ impl Syncer {
         Ok(action)
     }
 
+    /// Carries out one planned change of the tree diff; the caller holds a
+    /// lock covering its path. The remote is asked again where it matters: a
+    /// directory removed since it was listed is not created, and a deletion
+    /// (the one destructive act) happens only if the remote confirms it now.
+    ///
+    /// # Errors
+    /// As [`Syncer::apply`].
+    pub async fn execute(&self, op: &Op) -> Result<Action, ApplyError> {
+        match op {
+            Op::Download { path, entry, .. } => match self.apply_known(path, Some(*entry)).await {
+                // Gone since it was listed: what the remote says now is converged too.
+                Err(ApplyError::Remote(e)) if e.is_not_found() => self.apply_known(path, None).await,
+                r => r,
+            },
+            Op::MakeDir { path, .. } => match self.remote.stat(path.as_bytes()).await {
+                Ok(now) => self.apply_known(path, now).await,
+                Err(e) => Err(e.into()),
+            },
+            // Boxed: a directory that reappeared is synced again, through here.
+            Op::Delete { path, .. } => Box::pin(self.apply_locked(path)).await,
+        }
+    }
+
     /// The event delete guard: refuses removing `removes` of `total` entries
     /// under `path` when that is past both the floor and the ratio.
     fn guard(&self, path: &RemotePath, removes: u64, total: u64) -> Result<(), ApplyError> {
@@ -266,8 +290,9 @@ impl Syncer {
         Ok(())
     }
 
-    /// Makes the mirror's subtree under directory `dir` equal the remote one.
-    /// The caller holds the lock on `dir`, which covers every descendant.
+    /// Makes the mirror's subtree under directory `dir` equal the remote one,
+    /// by the same diff as reconcile. The caller holds the lock on `dir`,
+    /// which covers every descendant.
     async fn sync_subtree(&self, dir: &RemotePath, guarded: bool) -> Result<(), ApplyError> {
         let rpath = self.remote.path_of(dir.as_bytes());
         let remote = self
@@ -283,53 +308,24 @@ impl Syncer {
             Err(e) if e.is_not_found() => return Ok(()),
             Err(e) => return Err(e.into()),
         };
-        let (m, d) = (self.mirror.clone(), dir.clone());
-        let local = blocking(move || if m.stat_dir(Some(&d))? { m.list_dir(Some(&d)) } else { Ok(Vec::new()) }).await?;
-        let mut local: std::collections::HashMap<Vec<u8>, LocalKind> =
-            local.into_iter().map(|(name, e)| (name, e.kind)).collect();
+        let (m, d, filter, deletes) = (self.mirror.clone(), dir.clone(), self.filter.clone(), self.delete);
+        let (plan, descend, total) = blocking(move || {
+            let local = if m.stat_dir(Some(&d))? { m.list_dir(Some(&d))? } else { Vec::new() };
+            let (plan, descend) = diff_dir(Some(&d), remote, local, &filter, deletes, &mut |p| m.count_entries(p))?;
+            // Counted only when the guard may need it: a walk of the subtree.
+            let total = if guarded && plan.deletions() > EVENT_DELETE_FLOOR { m.count_entries(&d)? } else { 0 };
+            Ok((plan, descend, total))
+        })
+        .await?;
         if guarded {
-            // What the remote no longer has, counted before anything changes.
-            let listed: std::collections::HashSet<&[u8]> = remote.iter().map(|r| &r.name[..]).collect();
-            let gone: Vec<RemotePath> = local
-                .iter()
-                .filter(|(n, _)| !listed.contains(&n[..]))
-                .filter_map(|(n, k)| RemotePath::child(Some(dir), n, *k == LocalKind::Dir).ok())
-                .collect();
-            if !gone.is_empty() {
-                let (m, d) = (self.mirror.clone(), dir.clone());
-                let (removes, total) = blocking(move || {
-                    let mut removes = 0;
-                    for g in &gone {
-                        removes += 1 + if g.is_dir() { m.count_entries(g)? } else { 0 };
-                    }
-                    Ok((removes, m.count_entries(&d)?))
-                })
-                .await?;
-                self.guard(dir, removes, total)?;
-            }
+            // Everything this directory's events would remove, checked before anything changes.
+            self.guard(dir, plan.deletions(), total)?;
         }
-        let deep_enough = dir.depth() >= crate::remote::MAX_DEPTH;
-        for r in remote {
-            local.remove(&r.name);
-            let is_dir = r.entry.kind == RemoteKind::Dir;
-            let Ok(child) = RemotePath::child(Some(dir), &r.name, is_dir) else {
-                continue;
-            };
-            if !self.filter.allows(&child) {
-                continue;
-            }
-            self.apply_known(&child, Some(r.entry)).await?;
-            if is_dir && deep_enough {
-                tracing::warn!(path = %child, "deeper than {} levels; its content is not mirrored", crate::remote::MAX_DEPTH);
-            } else if is_dir {
-                Box::pin(self.sync_subtree(&child, guarded)).await?;
-            }
+        for op in &plan.ops {
+            self.execute(op).await?;
         }
-        for (name, kind) in local {
-            let Ok(child) = RemotePath::child(Some(dir), &name, kind == LocalKind::Dir) else { continue };
-            if self.filter.allows(&child) {
-                self.remove(&child).await?;
-            }
+        for child in descend {
+            Box::pin(self.sync_subtree(&child, guarded)).await?;
         }
         Ok(())
     }

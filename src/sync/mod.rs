@@ -1,6 +1,7 @@
 //! The one place that joins the remote and the mirror: `apply` (one path),
 //! `dispatch` (journal-driven event workers), `reconcile` (whole trees).
 pub mod apply;
+pub mod diff;
 pub mod dispatch;
 pub mod filter;
 pub mod locks;

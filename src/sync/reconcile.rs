@@ -16,13 +16,13 @@
 //!    file after the copy. Failures are retried a few times, then counted.
 
 use super::apply::{Action, ApplyError, Syncer};
+use super::diff::diff_dir;
+pub use super::diff::{Op, Plan};
 use crate::event::RemotePath;
 use crate::human::human_bytes;
-use crate::mirror::{LocalEntry, LocalKind};
-use crate::remote::{list_dir, RemoteEntry, RemoteError, RemoteKind, MAX_DEPTH};
+use crate::remote::{list_dir, RemoteError};
 use futures::stream::{FuturesUnordered, StreamExt};
 use serde::Serialize;
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -40,119 +40,6 @@ pub struct Options {
     pub no_delete: bool,
     /// Proceed even if the delete guard trips.
     pub force: bool,
-}
-
-/// One planned change.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Op {
-    /// Download a file (new, changed, or replacing a local directory/symlink).
-    Download {
-        /// The path.
-        path: RemotePath,
-        /// What the listing said.
-        entry: RemoteEntry,
-        /// What is there locally now, if anything.
-        local: Option<LocalKind>,
-        /// Local entries the replacement removes (a directory with its
-        /// contents, a symlink); 0 for a new file or an update.
-        replaces: u64,
-    },
-    /// Create a directory (replacing a local file/symlink if any).
-    MakeDir {
-        /// The path.
-        path: RemotePath,
-        /// What is there locally now, if anything.
-        local: Option<LocalKind>,
-        /// Local entries the replacement removes (the file or symlink in the way).
-        replaces: u64,
-    },
-    /// Remove a local entry the remote does not have.
-    Delete {
-        /// The path.
-        path: RemotePath,
-        /// What it is.
-        local: LocalKind,
-        /// Entries removed with it (1 for a file, 1 + descendants for a directory).
-        entries: u64,
-    },
-}
-
-impl Op {
-    /// The path the operation is on.
-    pub fn path(&self) -> &RemotePath {
-        match self {
-            Op::Download { path, .. } | Op::MakeDir { path, .. } | Op::Delete { path, .. } => path,
-        }
-    }
-
-    /// Local entries the operation removes.
-    pub fn removes(&self) -> u64 {
-        match self {
-            Op::Download { replaces, .. } | Op::MakeDir { replaces, .. } => *replaces,
-            Op::Delete { entries, .. } => *entries,
-        }
-    }
-
-    /// A one-line, human description.
-    pub fn describe(&self, trash: bool) -> String {
-        let mut line = self.describe_change();
-        if trash && self.trashes() {
-            line.push_str(" → trash");
-        }
-        line
-    }
-
-    /// Whether this operation takes a local file or directory out of the
-    /// mirror (deleted, replaced or overwritten): with `mirror.trash` it goes there.
-    pub fn trashes(&self) -> bool {
-        match self {
-            Op::Download { local, .. } => matches!(local, Some(LocalKind::File | LocalKind::Dir)),
-            Op::MakeDir { local, .. } => matches!(local, Some(LocalKind::File)),
-            Op::Delete { local, .. } => matches!(local, LocalKind::File | LocalKind::Dir),
-        }
-    }
-
-    fn describe_change(&self) -> String {
-        let was = |l: &Option<LocalKind>| match l {
-            None => String::new(),
-            Some(LocalKind::File) => " (replacing a local file)".into(),
-            Some(LocalKind::Dir) => format!(" (replacing a local directory: {} entries deleted)", self.removes()),
-            Some(LocalKind::Symlink) => " (replacing a local symlink)".into(),
-            Some(LocalKind::Other) => " (replacing a local special file)".into(),
-        };
-        match self {
-            Op::Download { path, entry, local, .. } => {
-                let verb = if *local == Some(LocalKind::File) { "update  " } else { "download" };
-                let was = if *local == Some(LocalKind::File) { String::new() } else { was(local) };
-                format!("{verb} {} ({}){was}", path.lossy(), human_bytes(entry.size))
-            }
-            Op::MakeDir { path, local, .. } => format!("mkdir    {}/{}", path.lossy(), was(local)),
-            Op::Delete { path, local, entries } => match local {
-                LocalKind::Dir => format!("delete   {}/ ({entries} entries)", path.lossy()),
-                _ => format!("delete   {}", path.lossy()),
-            },
-        }
-    }
-}
-
-/// The comparison's result.
-#[derive(Debug, Default)]
-pub struct Plan {
-    /// Changes, in walk order.
-    pub ops: Vec<Op>,
-    /// Local entries seen (for the delete guard).
-    pub local_entries: u64,
-    /// Entries already equal.
-    pub unchanged: u64,
-    /// Remote entries seen.
-    pub remote_entries: u64,
-}
-
-impl Plan {
-    /// Entries the plan would remove, replacements included.
-    pub fn deletions(&self) -> u64 {
-        self.ops.iter().map(Op::removes).sum()
-    }
 }
 
 /// What a pass did (printed, or as JSON with `--json`).
@@ -252,111 +139,6 @@ pub struct Quiet;
 impl Progress for Quiet {}
 
 /// Counts a local subtree (for a deletion), without following symlinks.
-fn count_local(syncer: &Syncer, dir: &RemotePath) -> Result<u64, String> {
-    syncer.mirror.count_entries(dir).map_err(|e| e.to_string())
-}
-
-fn child(parent: Option<&RemotePath>, name: &[u8], is_dir: bool) -> Option<RemotePath> {
-    RemotePath::child(parent, name, is_dir).ok()
-}
-
-/// A replacement that would remove local entries, with deletions off: the
-/// local entry stays and the remote one is not mirrored.
-fn kept(path: &RemotePath, entries: u64) {
-    tracing::warn!(
-        path = %path,
-        entries,
-        "kept: the remote has another kind of entry here, and replacing the local one deletes {entries} entries (deletions are off)"
-    );
-}
-
-/// Compares one directory; returns the plan part and the subdirectories to descend into.
-fn diff_dir(
-    syncer: &Syncer,
-    dir: Option<&RemotePath>,
-    remote: Vec<crate::remote::RemoteDirEntry>,
-    local: Vec<(Vec<u8>, LocalEntry)>,
-    deletes: bool,
-) -> Result<(Plan, Vec<RemotePath>), String> {
-    let mut plan = Plan::default();
-    let mut descend = Vec::new();
-    let mut local: HashMap<Vec<u8>, LocalEntry> = local.into_iter().collect();
-    for r in remote {
-        let Some(path) = child(dir, &r.name, r.entry.kind == RemoteKind::Dir) else {
-            // A name we cannot represent safely (e.g. ".sftp-mirror" at the root): not mirrored.
-            continue;
-        };
-        let here = local.remove(&r.name);
-        if !syncer.filter.allows(&path) {
-            continue;
-        }
-        plan.remote_entries += 1;
-        if here.is_some() {
-            plan.local_entries += 1;
-        }
-        match r.entry.kind {
-            RemoteKind::File => match here {
-                Some(l) if l.kind == LocalKind::File && l.size == r.entry.size && l.mtime == r.entry.mtime => {
-                    plan.unchanged += 1
-                }
-                Some(l) if l.kind == LocalKind::File => {
-                    plan.ops.push(Op::Download { path, entry: r.entry, local: Some(l.kind), replaces: 0 })
-                }
-                Some(l) => {
-                    // The directory goes with its contents: a deletion, for the
-                    // guard and for --no-delete / mirror.delete = false too.
-                    let replaces = if l.kind == LocalKind::Dir {
-                        let n = count_local(syncer, &path)?;
-                        plan.local_entries += n;
-                        1 + n
-                    } else {
-                        1
-                    };
-                    if deletes {
-                        plan.ops.push(Op::Download { path, entry: r.entry, local: Some(l.kind), replaces });
-                    } else {
-                        kept(&path, replaces);
-                    }
-                }
-                None => plan.ops.push(Op::Download { path, entry: r.entry, local: None, replaces: 0 }),
-            },
-            RemoteKind::Dir => {
-                match here {
-                    Some(l) if l.kind == LocalKind::Dir => plan.unchanged += 1,
-                    Some(_) if !deletes => {
-                        kept(&path, 1);
-                        continue;
-                    }
-                    other => plan.ops.push(Op::MakeDir {
-                        path: path.clone(),
-                        local: other.map(|l| l.kind),
-                        replaces: u64::from(other.is_some()),
-                    }),
-                }
-                if path.depth() < MAX_DEPTH {
-                    descend.push(path);
-                } else {
-                    tracing::warn!(path = %path, "deeper than {MAX_DEPTH} levels; its content is not mirrored");
-                }
-            }
-            RemoteKind::Other => {}
-        }
-    }
-    // What is left exists only locally.
-    for (name, l) in local {
-        let Some(path) = child(dir, &name, l.kind == LocalKind::Dir) else { continue };
-        if !syncer.filter.allows(&path) {
-            continue;
-        }
-        let entries = if l.kind == LocalKind::Dir { 1 + count_local(syncer, &path)? } else { 1 };
-        plan.local_entries += entries;
-        if deletes {
-            plan.ops.push(Op::Delete { path, local: l.kind, entries });
-        }
-    }
-    Ok((plan, descend))
-}
-
 /// Walks both trees and returns the plan.
 ///
 /// # Errors
@@ -389,24 +171,18 @@ pub async fn plan(syncer: &Arc<Syncer>, opts: Options, progress: &dyn Progress) 
                 };
                 let d = dir.clone();
                 tokio::task::spawn_blocking(move || {
-                    let local = match s.mirror.stat_dir(d.as_ref()) {
-                        Ok(true) => s.mirror.list_dir(d.as_ref()).map_err(|e| e.to_string())?,
-                        Ok(false) => Vec::new(),
-                        Err(e) => return Err(e.to_string()),
-                    };
-                    diff_dir(&s, d.as_ref(), remote, local, deletes)
+                    let local =
+                        if s.mirror.stat_dir(d.as_ref())? { s.mirror.list_dir(d.as_ref())? } else { Vec::new() };
+                    diff_dir(d.as_ref(), remote, local, &s.filter, deletes, &mut |p| s.mirror.count_entries(p))
                 })
                 .await
                 .map_err(|e| ReconcileError::Local(e.to_string()))?
-                .map_err(ReconcileError::Local)
+                .map_err(|e| ReconcileError::Local(e.to_string()))
             });
         }
         let Some(r) = running.next().await else { break };
         let (part, descend) = r?;
-        total.ops.extend(part.ops);
-        total.local_entries += part.local_entries;
-        total.unchanged += part.unchanged;
-        total.remote_entries += part.remote_entries;
+        total.merge(part);
         todo.extend(descend.into_iter().map(Some));
         progress.listed(total.remote_entries);
     }
@@ -508,21 +284,7 @@ async fn execute(s: &Syncer, op: &Op) -> Result<Action, ApplyError> {
         attempt += 1;
         let r = {
             let _g = s.locks.lock(op.path()).await;
-            match op {
-                Op::Download { path, entry, .. } => match s.apply_known(path, Some(*entry)).await {
-                    // Gone since it was listed: what the remote says now is converged too.
-                    Err(ApplyError::Remote(e)) if e.is_not_found() => s.apply_known(path, None).await,
-                    r => r,
-                },
-                // The remote is asked again: a directory removed since it was
-                // listed must not be created.
-                Op::MakeDir { path, .. } => match s.remote.stat(path.as_bytes()).await {
-                    Ok(now) => s.apply_known(path, now).await,
-                    Err(e) => Err(e.into()),
-                },
-                // Deletion is the one destructive act: ask the remote again, now.
-                Op::Delete { path, .. } => s.apply_locked(path).await,
-            }
+            s.execute(op).await
         };
         match r {
             Err(e) if attempt < OP_ATTEMPTS && !matches!(&e, ApplyError::Remote(r) if r.is_access_error()) => {

@@ -164,12 +164,22 @@ interval = "0s"
         Command::new(bin()).arg("--config").arg(cfg).args(args).output().unwrap()
     }
 
-    /// Writes a remote file (creating parents) with some mtime in the past, so
-    /// the mirror's mtime comparison is meaningful.
+    /// Writes a remote file (creating parents) with an mtime in the past, later
+    /// for each call: a copy made now is not "racy" (SPEC §2: made within a
+    /// second of its mtime, so fetched again), and a rewrite still changes the mtime.
     pub fn put(&self, rel: &str, data: &[u8]) {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let p = self.remote().join(rel);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(&p, data).unwrap();
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+        let mtime = now - 1_000_000 + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        std::fs::File::options()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_modified(std::time::UNIX_EPOCH + Duration::from_secs(mtime))
+            .unwrap();
     }
 }
 
@@ -418,6 +428,15 @@ pub fn tree(root: &Path) -> BTreeMap<String, String> {
             (k, v)
         })
         .collect()
+}
+
+/// Waits until files written up to now are out of the "racy" window (SPEC §2:
+/// a copy made within a second of its mtime is fetched again by the next
+/// pass): for servers whose uploads carry the upload time as mtime.
+pub fn wait_out_the_racy_window() {
+    let secs = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let written = secs();
+    wait_for("two clock seconds", || secs() >= written + 2);
 }
 
 /// Polls `f` until it is true or [`CONVERGE`] passes; panics with `what`.
