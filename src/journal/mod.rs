@@ -1,9 +1,11 @@
 //! The durable event journal (SPEC §6): an SQLite database in WAL mode that
 //! records every accepted event before its `204`, and drives the workers.
 //!
-//! SQLite lives on one dedicated thread; callers hold a cheap [`Journal`] handle
-//! and send it closures. The thread drains every request waiting at that moment
-//! and runs them in **one** transaction (group commit). Each request runs in its
+//! This file is the typed API; `engine.rs` runs SQLite: one dedicated writer
+//! thread that callers send closures to, and a read-only connection that
+//! queries (`events`, `/metrics`) use, never behind the writer. The writer
+//! drains every request waiting at that moment and runs them in **one**
+//! transaction (group commit). Each request runs in its
 //! own savepoint, so one failing request never leaves half its writes behind.
 //!
 //! Durability is pipelined: SQLite commits without syncing (`synchronous =
@@ -21,15 +23,16 @@
 //! daemon opens the journal were interrupted by its predecessor and become
 //! `pending` again; `events`, `retry` and `check` leave them alone.
 
+mod engine;
 mod hooks;
+
+use engine::{Engine, Faults};
 
 pub use hooks::{HookKind, HookRun, NewHookRun, HOOK_ID_PREFIX};
 
 use rusqlite::{params, Connection, OptionalExtension};
-use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::oneshot;
 
 /// Default applies tried before a row is marked `failed` (`journal.max_attempts`;
 /// the periodic reconcile and `retry` still cover it). With the backoff below
@@ -39,8 +42,6 @@ pub const MAX_ATTEMPTS: u32 = 20;
 pub const BACKOFF_BASE: Duration = Duration::from_secs(1);
 /// Longest retry delay.
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
-/// Requests committed together at most; bounds the latency of one batch.
-const MAX_BATCH: usize = 512;
 
 /// A journal failure. Intake answers `503` on any of these.
 #[derive(Debug, thiserror::Error)]
@@ -185,36 +186,13 @@ pub struct EventRow {
     pub outcome: Option<String>,
 }
 
-type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A request runs on the journal thread and says whether it succeeded, plus how to answer after commit.
-type Request = Box<dyn FnOnce(Option<&Connection>) -> (bool, Reply) + Send>;
-
 /// Handle to the journal thread. Cloning is cheap; the thread stops when the
 /// last handle is dropped.
 #[derive(Clone)]
 pub struct Journal {
-    tx: mpsc::SyncSender<Request>,
+    engine: Engine,
     max_attempts: u32,
 }
-
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS events (
-    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
-    event_id    TEXT    NOT NULL UNIQUE,
-    topic       TEXT    NOT NULL,
-    path        TEXT,
-    received_ms INTEGER NOT NULL,
-    status      TEXT    NOT NULL,
-    attempts    INTEGER NOT NULL DEFAULT 0,
-    next_at_ms  INTEGER NOT NULL DEFAULT 0,
-    last_error  TEXT,
-    updated_ms  INTEGER NOT NULL,
-    body        BLOB    NOT NULL,
-    forced      INTEGER NOT NULL DEFAULT 0,
-    outcome     TEXT
-);
-CREATE INDEX IF NOT EXISTS events_due ON events(status, next_at_ms, seq);
-";
 
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
@@ -252,103 +230,21 @@ impl Journal {
     }
 
     fn open_inner(path: &Path, max_attempts: u32, resume: bool) -> Result<Journal, JournalError> {
-        Self::open_hooked(path, max_attempts, resume, Hooks::default())
+        Self::open_inner_with(path, max_attempts, resume, Faults::default())
     }
 
-    fn open_hooked(path: &Path, max_attempts: u32, resume: bool, hooks: Hooks) -> Result<Journal, JournalError> {
-        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|source| JournalError::Io { path: dir.display().to_string(), source })?;
-        }
-        let conn = Connection::open(path)?;
-        // WAL: readers never block the writer. NORMAL: commits do not sync; the
-        // journal-sync thread does, before any caller is answered (module docs).
-        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0))?;
-        // Without WAL (a file system without shared memory) SQLite syncs each commit itself.
-        let wal = mode.eq_ignore_ascii_case("wal").then(|| PathBuf::from(format!("{}-wal", conn.path().unwrap_or(""))));
-        conn.pragma_update(None, "synchronous", if wal.is_some() { "NORMAL" } else { "FULL" })?;
-        // A checkpoint runs inside a commit and stalls every request behind it;
-        // one per 64 MiB of WAL instead of SQLite's 4 MiB writes hot pages once
-        // instead of sixteen times and took the intake p99 from 14 to 11 ms (loadgen A/B).
-        // After a checkpoint the WAL is cut back to 16 MiB.
-        conn.pragma_update(None, "wal_autocheckpoint", 16384)?;
-        conn.pragma_update(None, "journal_size_limit", 16i64 << 20)?;
-        conn.busy_timeout(Duration::from_secs(5))?;
-        // Room for every statement the daemon uses, so none is parsed twice.
-        conn.set_prepared_statement_cache_capacity(64);
-        conn.execute_batch(SCHEMA)?;
-        conn.execute_batch(hooks::SCHEMA)?;
-        // Journals made by earlier versions lack the newer columns.
-        for (column, decl) in [("forced", "INTEGER NOT NULL DEFAULT 0"), ("outcome", "TEXT")] {
-            let has: bool =
-                conn.prepare("SELECT 1 FROM pragma_table_info('events') WHERE name = ?1")?.exists([column])?;
-            if !has {
-                conn.execute_batch(&format!("ALTER TABLE events ADD COLUMN {column} {decl}"))?;
-            }
-        }
-        if resume {
-            conn.execute(
-                "UPDATE events SET status = 'pending', updated_ms = ?1 WHERE status = 'running'",
-                params![now_ms()],
-            )?;
-            // A hook cut short by the end of the previous daemon runs again (at least once).
-            conn.execute(
-                "UPDATE hooks SET status = 'pending', updated_ms = ?1 WHERE status = 'running'",
-                params![now_ms()],
-            )?;
-        }
-        let (tx, rx) = mpsc::sync_channel::<Request>(QUEUE_BOUND);
-        let (sync_tx, sync_rx) = mpsc::channel::<Vec<Reply>>();
-        let thread_err = |source| JournalError::Io { path: "journal thread".into(), source };
-        std::thread::Builder::new()
-            .name("journal-sync".into())
-            .spawn(move || sync(wal.as_deref(), sync_rx))
-            .map_err(thread_err)?;
-        std::thread::Builder::new()
-            .name("journal".into())
-            .spawn(move || run(conn, rx, sync_tx, &hooks))
-            .map_err(thread_err)?;
-        Ok(Journal { tx, max_attempts: max_attempts.max(1) })
+    fn open_inner_with(path: &Path, max_attempts: u32, resume: bool, faults: Faults) -> Result<Journal, JournalError> {
+        let engine = Engine::start(path, resume, faults)?;
+        Ok(Journal { engine, max_attempts: max_attempts.max(1) })
     }
 
-    /// Runs `f` inside the next group transaction and returns its result once
-    /// the transaction is durable. With a full queue, `wait` says whether to
-    /// wait for room (the daemon's own bookkeeping) or fail at once with
-    /// [`JournalError::Busy`] (intake: a `503` now beats one after a stalled disk).
+    /// [`Engine::submit`]: `f` in the next group transaction, durable when it returns.
     async fn submit<T, F>(&self, wait: bool, f: F) -> Result<T, JournalError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        let (tx, rx) = oneshot::channel::<Result<T, JournalError>>();
-        // Run with `None` when no transaction could be begun: `f` is not run
-        // at all (outside a transaction its writes would stick while its caller
-        // hears it failed) and the reply carries the error.
-        let mut req: Request = Box::new(move |conn| {
-            let r = conn.map(f);
-            let ok = r.as_ref().is_some_and(Result::is_ok);
-            let reply: Reply = Box::new(move |commit: Result<(), String>| {
-                let out = match (commit, r) {
-                    (Ok(()), Some(r)) => r.map_err(JournalError::from),
-                    (Ok(()), None) => Err(JournalError::Commit("not run".into())),
-                    (Err(e), _) => Err(JournalError::Commit(e)),
-                };
-                let _ = tx.send(out);
-            });
-            (ok, reply)
-        });
-        loop {
-            match self.tx.try_send(req) {
-                Ok(()) => break,
-                Err(mpsc::TrySendError::Disconnected(_)) => return Err(JournalError::Closed),
-                Err(mpsc::TrySendError::Full(_)) if !wait => return Err(JournalError::Busy),
-                Err(mpsc::TrySendError::Full(back)) => {
-                    req = back;
-                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-                }
-            }
-        }
-        rx.await.map_err(|_| JournalError::Closed)?
+        self.engine.submit(wait, f).await
     }
 
     /// [`Journal::submit`], waiting for room.
@@ -357,7 +253,17 @@ impl Journal {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.submit(true, f).await
+        self.engine.submit(true, f).await
+    }
+
+    /// A query on the read-only connection: never behind the writer's
+    /// transaction or its fsync (WAL readers see the last commit).
+    async fn read<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.engine.read(f).await
     }
 
     /// Records an accepted event (dedup by id). Returns once it is durable.
@@ -529,12 +435,13 @@ impl Journal {
         .await
     }
 
-    /// Rows, newest first, optionally of one status.
+    /// Rows, newest first, optionally of one status (read-only: never waits
+    /// for the writer).
     ///
     /// # Errors
     /// On a database error.
     pub async fn list(&self, status: Option<Status>, limit: usize) -> Result<Vec<EventRow>, JournalError> {
-        self.call(move |c| {
+        self.read(move |c| {
             let mut st = c.prepare_cached(
                 "SELECT seq, event_id, topic, path, received_ms, status, attempts, last_error, next_at_ms, outcome
                  FROM events WHERE (?1 IS NULL OR status = ?1) ORDER BY seq DESC LIMIT ?2",
@@ -629,7 +536,7 @@ impl Journal {
     /// # Errors
     /// On a database error.
     pub async fn counts(&self) -> Result<Vec<(Status, u64)>, JournalError> {
-        self.call(|c| {
+        self.read(|c| {
             let mut st = c.prepare_cached("SELECT status, COUNT(*) FROM events GROUP BY status")?;
             let rows = st.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)? as u64)))?;
             let mut out = Vec::new();
@@ -642,131 +549,6 @@ impl Journal {
             Ok(out)
         })
         .await
-    }
-}
-
-/// The journal thread: block for one request, take every other one already
-/// waiting, run them all in one transaction, commit, and hand the answers to
-/// the sync thread.
-/// Fault injection into the journal thread (unit tests only; empty otherwise).
-#[derive(Default)]
-struct Hooks {
-    /// While set, every BEGIN fails as if the database refused it.
-    #[cfg(test)]
-    fail_begin: std::sync::Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Hooks {
-    #[cfg(test)]
-    fn begin_fails(&self) -> bool {
-        self.fail_begin.load(std::sync::atomic::Ordering::Relaxed)
-    }
-
-    #[cfg(not(test))]
-    fn begin_fails(&self) -> bool {
-        false
-    }
-}
-
-fn run(conn: Connection, rx: mpsc::Receiver<Request>, synced: mpsc::Sender<Vec<Reply>>, hooks: &Hooks) {
-    // Control statements are prepared once too; `execute_batch` would parse them
-    // again for every request.
-    let exec = |sql: &str| conn.prepare_cached(sql).and_then(|mut st| st.execute([])).map(drop);
-    while let Ok(first) = rx.recv() {
-        let mut batch = vec![first];
-        while batch.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(r) => batch.push(r),
-                Err(_) => break,
-            }
-        }
-        let began = if hooks.begin_fails() {
-            Err(rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_IOERR), None))
-        } else {
-            exec("BEGIN IMMEDIATE")
-        };
-        let mut replies = Vec::with_capacity(batch.len());
-        if began.is_ok() {
-            for req in batch {
-                // A savepoint per request: a failed request rolls back alone.
-                let _ = exec("SAVEPOINT req");
-                let (ok, reply) = req(Some(&conn));
-                if !ok {
-                    let _ = exec("ROLLBACK TO req");
-                }
-                let _ = exec("RELEASE req");
-                replies.push(reply);
-            }
-        } else {
-            replies.extend(batch.into_iter().map(|req| req(None).1));
-        }
-        let commit = match began {
-            Ok(()) => exec("COMMIT").map_err(|e| e.to_string()),
-            Err(e) => Err(e.to_string()),
-        };
-        if let Err(e) = commit {
-            let _ = exec("ROLLBACK");
-            for reply in replies {
-                reply(Err(e.clone()));
-            }
-            continue;
-        }
-        if let Err(mpsc::SendError(replies)) = synced.send(replies) {
-            for reply in replies {
-                reply(Err("the journal sync thread has stopped".into()));
-            }
-        }
-    }
-}
-
-/// The sync thread: take every committed batch waiting, fdatasync the WAL once
-/// for all of them, then answer their callers. The file is opened for each
-/// sync (fsync acts on the file, not the descriptor), so a WAL SQLite has
-/// recreated is never missed. `None`: not in WAL mode, SQLite synced already.
-fn sync(wal: Option<&Path>, rx: mpsc::Receiver<Vec<Reply>>) {
-    sync_loop(rx, || match wal {
-        None => Ok(()),
-        Some(wal) => match std::fs::File::open(wal) {
-            Err(e) => Err(SyncFailure::Open(format!("cannot open {} to sync it: {e}", wal.display()))),
-            Ok(f) => f.sync_data().map_err(|e| SyncFailure::Flush(format!("syncing {} failed: {e}", wal.display()))),
-        },
-    })
-}
-
-/// Why a WAL sync failed.
-enum SyncFailure {
-    /// The file could not be opened: nothing lost, its pages stay dirty for the next sync.
-    Open(String),
-    /// fsync itself failed.
-    Flush(String),
-}
-
-fn sync_loop(rx: mpsc::Receiver<Vec<Reply>>, mut flush: impl FnMut() -> Result<(), SyncFailure>) {
-    // After a failed fsync Linux may drop the dirty pages and report the next
-    // fsync as clean, so nothing committed afterwards can be called durable:
-    // every later request fails until a restart reopens what is on disk.
-    let mut broken: Option<String> = None;
-    while let Ok(first) = rx.recv() {
-        let mut batches = vec![first];
-        batches.extend(rx.try_iter());
-        let synced = match &broken {
-            Some(e) => Err(e.clone()),
-            None => match flush() {
-                Ok(()) => Ok(()),
-                Err(SyncFailure::Open(e)) => Err(e),
-                Err(SyncFailure::Flush(e)) => {
-                    let e = format!("{e}; the journal refuses events until sftp-mirror is restarted");
-                    broken = Some(e.clone());
-                    Err(e)
-                }
-            },
-        };
-        if let Err(e) = &synced {
-            tracing::error!("{e}");
-        }
-        for reply in batches.into_iter().flatten() {
-            reply(synced.clone());
-        }
     }
 }
 
@@ -866,7 +648,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let j = Journal::open(&dir.path().join("journal.db")).unwrap();
         // A stalled disk: the journal thread is stuck inside a transaction.
-        let (unstall, stalled) = mpsc::channel::<()>();
+        let (unstall, stalled) = std::sync::mpsc::channel::<()>();
         let stuck = {
             let j = j.clone();
             tokio::spawn(async move { j.call(move |_| Ok(stalled.recv().ok())).await })
@@ -890,11 +672,31 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn queries_answer_while_the_writer_is_stuck_in_a_transaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(&dir.path().join("journal.db")).unwrap();
+        assert_eq!(j.record(ev("before", "f")).await.unwrap(), Recorded::Queued);
+        let (unstall, stalled) = std::sync::mpsc::channel::<()>();
+        let stuck = {
+            let j = j.clone();
+            tokio::spawn(async move { j.call(move |_| Ok(stalled.recv().ok())).await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        // `events` and `/metrics` read the last commit, not behind the stalled writer.
+        let rows = tokio::time::timeout(std::time::Duration::from_secs(2), j.list(None, 10)).await;
+        assert_eq!(rows.expect("list waited for the writer").unwrap().len(), 1);
+        let counts = tokio::time::timeout(std::time::Duration::from_secs(2), j.counts()).await;
+        assert_eq!(counts.expect("counts waited for the writer").unwrap(), vec![(Status::Pending, 1)]);
+        unstall.send(()).unwrap();
+        stuck.await.unwrap().unwrap();
+    }
+
+    #[tokio::test]
     async fn a_failed_begin_runs_nothing_so_a_failed_claim_leaves_its_rows_pending() {
         let dir = tempfile::tempdir().unwrap();
-        let hooks = Hooks::default();
+        let hooks = Faults::default();
         let fail = hooks.fail_begin.clone();
-        let j = Journal::open_hooked(&dir.path().join("journal.db"), MAX_ATTEMPTS, false, hooks).unwrap();
+        let j = Journal::open_inner_with(&dir.path().join("journal.db"), MAX_ATTEMPTS, false, hooks).unwrap();
         j.record(ev("a", "x")).await.unwrap();
         fail.store(true, std::sync::atomic::Ordering::Relaxed);
         assert!(j.claim(10).await.is_err(), "the caller hears the failure");
@@ -915,49 +717,6 @@ mod tests {
         assert_eq!(j.prune(now_ms() - 60_000).await.unwrap(), 0);
         assert_eq!(j.prune(now_ms() + 1).await.unwrap(), 1);
         assert_eq!(j.counts().await.unwrap(), vec![(Status::Pending, 1)]);
-    }
-
-    #[test]
-    fn no_caller_hears_done_when_the_wal_sync_fails() {
-        let dir = tempfile::tempdir().unwrap();
-        let (tx, rx) = mpsc::channel::<Vec<Reply>>();
-        let (heard_tx, heard) = mpsc::channel();
-        for i in 0..3 {
-            let h = heard_tx.clone();
-            tx.send(vec![Box::new(move |r: Result<(), String>| h.send((i, r)).unwrap()) as Reply]).unwrap();
-        }
-        drop(tx);
-        sync(Some(&dir.path().join("missing-wal")), rx);
-        let answers: Vec<_> = heard.try_iter().collect();
-        assert_eq!(answers.len(), 3);
-        assert!(answers.iter().all(|(_, r)| r.as_ref().is_err_and(|e| e.contains("to sync it"))), "{answers:?}");
-    }
-
-    #[test]
-    fn after_a_failed_fsync_nothing_is_called_durable_again() {
-        // Each batch is sent only after the previous one was answered, so each
-        // gets a sync of its own: open error, good, fsync error, good, good.
-        let mut outcomes = vec![
-            Err(SyncFailure::Open("cannot open".into())),
-            Ok(()),
-            Err(SyncFailure::Flush("EIO".into())),
-            Ok(()),
-            Ok(()),
-        ]
-        .into_iter();
-        let (tx, rx) = mpsc::channel::<Vec<Reply>>();
-        let (heard_tx, heard) = mpsc::channel();
-        let t = std::thread::spawn(move || sync_loop(rx, || outcomes.next().unwrap_or(Ok(()))));
-        let mut answers = Vec::new();
-        for _ in 0..5 {
-            let h = heard_tx.clone();
-            tx.send(vec![Box::new(move |r: Result<(), String>| h.send(r).unwrap()) as Reply]).unwrap();
-            answers.push(heard.recv().unwrap().is_ok());
-        }
-        drop(tx);
-        t.join().unwrap();
-        // An open error loses nothing: the next sync counts. An fsync error is final.
-        assert_eq!(answers, [false, true, false, false, false]);
     }
 
     #[tokio::test]
