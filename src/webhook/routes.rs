@@ -147,12 +147,14 @@ const DRAIN_DEADLINE: Duration = Duration::from_secs(2);
 /// Answers `413` after reading and discarding up to [`DRAIN_MAX`] more of the
 /// body (lingering close, as nginx does): a client that sends its whole body
 /// before it reads (Python's http.client) then sees the 413, not a reset.
-async fn too_large<S, B>(mut body: S) -> warp::reply::Response
+/// Without `drain` (a declared length past what would be drained anyway) it
+/// answers at once.
+async fn too_large<S, B>(mut body: S, drain: bool) -> warp::reply::Response
 where
     S: Stream<Item = Result<B, warp::Error>> + Unpin,
     B: Buf,
 {
-    let drain = async {
+    let drain_body = async {
         let mut seen = 0u64;
         while let Some(Ok(chunk)) = body.next().await {
             seen += chunk.remaining() as u64;
@@ -161,7 +163,9 @@ where
             }
         }
     };
-    let _ = tokio::time::timeout(DRAIN_DEADLINE, drain).await;
+    if drain {
+        let _ = tokio::time::timeout(DRAIN_DEADLINE, drain_body).await;
+    }
     let mut r = answer(StatusCode::PAYLOAD_TOO_LARGE, "body too large");
     r.headers_mut().insert("connection", warp::http::HeaderValue::from_static("close"));
     r
@@ -214,7 +218,7 @@ where
     if let Some(n) = declared.filter(|n| *n > intake.max_body) {
         stats.count("unknown", "too_large");
         stats.refusals.warn("413", &format_args!("declared body of {n} bytes > webhook.max_body {}", intake.max_body));
-        return too_large(body).await;
+        return too_large(body, n <= DRAIN_MAX).await;
     }
     let body = match tokio::time::timeout(BODY_DEADLINE, read_limited(&mut body, intake.max_body)).await {
         Err(_) => return answer(StatusCode::REQUEST_TIMEOUT, "body not received in time"),
@@ -225,7 +229,7 @@ where
         Ok(Ok(None)) => {
             stats.count("unknown", "too_large");
             stats.refusals.warn("413", &format_args!("body over webhook.max_body {}", intake.max_body));
-            return too_large(body).await;
+            return too_large(body, true).await;
         }
         Ok(Ok(Some(b))) => b.freeze(),
     };
