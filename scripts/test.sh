@@ -29,4 +29,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --all-targets --locked -- -D warnings
+# The daemon builds without the embedded test server (the `testkit` feature).
+cargo clippy --no-default-features --locked -- -D warnings
 cargo test --locked -- --test-threads "${TEST_THREADS:-4}"

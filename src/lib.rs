@@ -18,6 +18,7 @@ pub mod admin;
 pub mod check;
 pub mod config;
 pub mod daemon;
+#[cfg(feature = "testkit")]
 pub mod demo;
 pub mod event;
 pub mod exit;
@@ -30,5 +31,6 @@ pub mod metrics;
 pub mod mirror;
 pub mod remote;
 pub mod sync;
+#[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod webhook;

@@ -94,6 +94,7 @@ enum Command {
         ids: Vec<String>,
     },
     /// The whole pipeline on this machine, no account needed.
+    #[cfg(feature = "testkit")]
     Demo {
         /// Leave the daemon running and print a curl command to send an event by hand.
         #[arg(long)]
@@ -180,6 +181,7 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
             let opts = reconcile::Options { dry_run: *dry_run, no_delete: *no_delete, force: *force };
             reconcile_command(&settings, opts, *json, cli.verbose > 0).await
         }
+        #[cfg(feature = "testkit")]
         Command::Demo { keep_running } => {
             if cli.config.is_some() {
                 // Silently ignoring it would let a user believe the demo used their setup.
@@ -580,7 +582,12 @@ fn default_sigpipe() {
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
-    if !matches!(cli.command, Command::Serve | Command::Demo { .. }) {
+    // The daemon and the demo (a daemon too) keep ignoring SIGPIPE.
+    #[cfg(feature = "testkit")]
+    let long_running = matches!(cli.command, Command::Serve | Command::Demo { .. });
+    #[cfg(not(feature = "testkit"))]
+    let long_running = matches!(cli.command, Command::Serve);
+    if !long_running {
         default_sigpipe();
     }
     let runtime = match tokio::runtime::Runtime::new() {
