@@ -7,7 +7,7 @@ use russh_sftp::protocol::StatusCode;
 use sftp_mirror::event::RemotePath;
 use sftp_mirror::sync::reconcile;
 use sftp_mirror::sync::Action;
-use sftp_mirror::testkit::Op;
+use sftp_mirror::testkit::Request;
 use std::time::Duration;
 
 fn p(s: &str) -> RemotePath {
@@ -69,8 +69,8 @@ async fn refused_open_and_stat_fail_clearly_with_no_partial_file() {
     let e = Embedded::start().await;
     e.put("locked.bin", &pattern(100_000));
     e.put("hidden.txt", b"x");
-    e.faults().fail(Op::Open, "locked", StatusCode::PermissionDenied);
-    e.faults().fail(Op::Stat, "hidden", StatusCode::Failure);
+    e.faults().fail(Request::Open, "locked", StatusCode::PermissionDenied);
+    e.faults().fail(Request::Stat, "hidden", StatusCode::Failure);
     let s = e.syncer();
     let err = s.apply(&p("locked.bin")).await.unwrap_err().to_string();
     assert!(err.contains("/locked.bin") && err.contains("permission denied"), "{err}");
@@ -90,7 +90,7 @@ async fn a_refused_listing_stops_reconcile_before_it_changes_anything() {
     e.put("b/y.txt", b"y");
     std::fs::create_dir_all(e.mirror()).unwrap();
     std::fs::write(e.mirror().join("local.txt"), b"local").unwrap();
-    e.faults().fail(Op::Readdir, "/b", StatusCode::PermissionDenied);
+    e.faults().fail(Request::Readdir, "/b", StatusCode::PermissionDenied);
     let s = e.syncer();
     let r = reconcile::run(&s, reconcile::Options::default(), 1.0, 4, &reconcile::Quiet, &mut |_| {}).await;
     let err = r.unwrap_err().to_string();

@@ -10,7 +10,7 @@ use russh::keys::{Algorithm, PrivateKey, PrivateKeyWithHashAlg, PublicKey, Publi
 use russh_sftp::client::error::Error as SftpError;
 use russh_sftp::client::{RawSftpSession, SftpSession};
 use russh_sftp::protocol::{FileAttributes, OpenFlags, StatusCode};
-use sftp_mirror::testkit::{serve_stream, Faults, Op, ServerOptions, TestServer};
+use sftp_mirror::testkit::{serve_stream, Faults, Request, ServerOptions, TestServer};
 use tokio::io::AsyncReadExt;
 
 const USER: &str = "tester";
@@ -348,7 +348,7 @@ async fn shutdown_drops_live_connections() {
 async fn fault_fail_returns_status() {
     let fx = fixture();
     let faults = Faults::new();
-    faults.fail(Op::Open, "x", StatusCode::PermissionDenied);
+    faults.fail(Request::Open, "x", StatusCode::PermissionDenied);
     let server = start(&fx, vec![], faults.clone()).await;
     let (_h, sftp) = open_sftp(&server).await;
 
@@ -356,8 +356,8 @@ async fn fault_fail_returns_status() {
     assert_eq!(status(&e), Some(StatusCode::PermissionDenied));
     assert_eq!(read_all(&sftp, "hello.md").await.unwrap(), b"hello\n");
 
-    server.faults().fail(Op::Stat, "hello", StatusCode::NoSuchFile);
-    server.faults().fail(Op::Readdir, "dir250", StatusCode::Failure);
+    server.faults().fail(Request::Stat, "hello", StatusCode::NoSuchFile);
+    server.faults().fail(Request::Readdir, "dir250", StatusCode::Failure);
     let e = sftp.metadata("hello.md").await.unwrap_err();
     assert_eq!(status(&e), Some(StatusCode::NoSuchFile));
     let e = sftp.symlink_metadata("/hello.md").await.unwrap_err();

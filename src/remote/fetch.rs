@@ -71,7 +71,7 @@ pub async fn download(
     out: &std::fs::File,
     progress: &mut Progress,
     ledger: &Ledger<'_>,
-) -> Result<Downloaded, LocalOrRemote> {
+) -> Result<Downloaded, DownloadError> {
     if progress.contiguous >= size {
         let after = conn.lstat(path).await?;
         return Ok(Downloaded { bytes: size, complete: true, after });
@@ -81,7 +81,7 @@ pub async fn download(
     let result = pump(conn, path, &handle, size, out, progress, ledger).await;
     if let Err(e) = result {
         // Close errors do not matter for a read-only handle; don't wait on a dead link.
-        if !matches!(&e, LocalOrRemote::Remote(r) if r.is_transport()) {
+        if !matches!(&e, DownloadError::Remote(r) if r.is_transport()) {
             let _ = sftp.close(&handle).await;
         }
         return Err(e);
@@ -101,7 +101,7 @@ async fn pump(
     out: &std::fs::File,
     progress: &mut Progress,
     ledger: &Ledger<'_>,
-) -> Result<Option<u64>, LocalOrRemote> {
+) -> Result<Option<u64>, DownloadError> {
     let sftp = &conn.sftp;
     let mut next = progress.contiguous;
     // Remainders of short replies, asked again before anything new.
@@ -114,7 +114,7 @@ async fn pump(
     let mut flushing: Option<(u64, tokio::task::JoinHandle<bool>)> = None;
     // Positioned writes block: they run on a blocking thread of their own,
     // never on the async workers that serve the webhook and the other transfers.
-    let (writer, mut written) = Writer::start(out).map_err(LocalOrRemote::Local)?;
+    let (writer, mut written) = Writer::start(out).map_err(DownloadError::Local)?;
     let mut writing = 0usize;
     loop {
         let chunk = u64::from(conn.read_len());
@@ -142,7 +142,7 @@ async fn pump(
         tokio::select! {
             w = written.recv(), if writing > 0 => {
                 writing -= 1;
-                let (off, end) = w.expect("the writer answers every write").map_err(LocalOrRemote::Local)?;
+                let (off, end) = w.expect("the writer answers every write").map_err(DownloadError::Local)?;
                 ledger.received.fetch_add(end - off, Ordering::Relaxed);
                 done.insert(off, end);
                 while let Some(end) = done.remove(&progress.contiguous) {
@@ -168,7 +168,7 @@ async fn pump(
                         } else {
                             conn.confirm_read_len(len);
                         }
-                        writer.write(off, data).await.map_err(LocalOrRemote::Local)?;
+                        writer.write(off, data).await.map_err(DownloadError::Local)?;
                         writing += 1;
                     }
                     // End of file before `size`: the file shrank; the caller re-checks.
@@ -232,7 +232,7 @@ impl Writer {
 
 /// A download failed on our side (disk) or the server's.
 #[derive(Debug, thiserror::Error)]
-pub enum LocalOrRemote {
+pub enum DownloadError {
     /// Writing the staging file failed.
     #[error("writing the staging file: {0}")]
     Local(std::io::Error),

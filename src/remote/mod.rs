@@ -17,7 +17,7 @@ pub mod sftp;
 mod walk;
 
 pub use bandwidth::Bandwidth;
-pub use fetch::{download, Downloaded, Ledger, LocalOrRemote, Progress};
+pub use fetch::{download, DownloadError, Downloaded, Ledger, Progress};
 pub use session::{probe_host_key, verify_host_key, Conn, Remote};
 pub use sftp::StatusCode;
 pub use walk::{list_dir, RemoteDirEntry, MAX_DEPTH, MAX_DIR_ENTRIES};

@@ -40,7 +40,7 @@ const CIPHERS: &[russh::cipher::Name] = &[
 /// One live SSH connection with its SFTP session.
 pub struct Conn {
     pub(crate) sftp: SftpClient,
-    handle: Handle<Client>,
+    handle: Handle<HostKeyCheck>,
     /// Bytes per READ request on this server: from `limits@openssh.com`, else
     /// learned from the first short reply (see `fetch`).
     pub(crate) read_len: AtomicU32,
@@ -110,15 +110,15 @@ struct Seen {
     verdict: Option<RemoteError>,
 }
 
-/// The russh client handler: verifies the host key against the pinned policy.
-pub(crate) struct Client {
+/// The russh client handler: its one job is checking the host key against the pinned policy.
+pub(crate) struct HostKeyCheck {
     policy: Option<HostKeyPolicy>,
     host: String,
     port: u16,
     seen: Arc<Mutex<Seen>>,
 }
 
-impl client::Handler for Client {
+impl client::Handler for HostKeyCheck {
     type Error = russh::Error;
 
     async fn check_server_key(&mut self, key: &PublicKeyOrCertificate) -> Result<bool, Self::Error> {
@@ -217,10 +217,10 @@ fn client_config(s: &SftpSettings) -> client::Config {
 async fn handshake(
     s: &SftpSettings,
     policy: Option<HostKeyPolicy>,
-) -> (Result<Handle<Client>, RemoteError>, Option<PublicKey>) {
+) -> (Result<Handle<HostKeyCheck>, RemoteError>, Option<PublicKey>) {
     let addr = format!("{}:{}", s.host, s.port);
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let handler = Client { policy, host: s.host.clone(), port: s.port, seen: seen.clone() };
+    let handler = HostKeyCheck { policy, host: s.host.clone(), port: s.port, seen: seen.clone() };
     let connect = client::connect(Arc::new(client_config(s)), (s.host.as_str(), s.port), handler);
     let r = tokio::time::timeout(s.timeout, connect).await;
     let mut seen = seen.lock().expect("not poisoned");
@@ -233,7 +233,7 @@ async fn handshake(
 }
 
 /// Connects, verifies the host key and logs in; returns the SSH handle.
-async fn open_ssh(s: &SftpSettings) -> Result<Handle<Client>, RemoteError> {
+async fn open_ssh(s: &SftpSettings) -> Result<Handle<HostKeyCheck>, RemoteError> {
     let addr = format!("{}:{}", s.host, s.port);
     let mut handle = handshake(s, Some(s.host_keys.clone())).await.0?;
     let auth = async {

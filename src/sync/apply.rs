@@ -8,7 +8,7 @@ use crate::event::RemotePath;
 use crate::journal::HookKind;
 use crate::mirror::{LocalKind, Mirror, MirrorError};
 use crate::remote::{
-    download, Bandwidth, Ledger, LocalOrRemote, Progress, Remote, RemoteEntry, RemoteError, RemoteKind,
+    download, Bandwidth, DownloadError, Ledger, Progress, Remote, RemoteEntry, RemoteError, RemoteKind,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -462,15 +462,15 @@ impl Syncer {
                         Ledger { durable: &recorder, received: &self.stats.received, bandwidth: &self.bandwidth };
                     download(c, &rpath, entry.size, &file, &mut progress, &ledger).await
                 }
-                Err(e) => Err(LocalOrRemote::Remote(e.clone())),
+                Err(e) => Err(DownloadError::Remote(e.clone())),
             };
             staged.put_back(file);
             let conn = conn?;
             match got {
-                Err(LocalOrRemote::Local(e)) => {
+                Err(DownloadError::Local(e)) => {
                     return Err(MirrorError { op: "write", path: path.to_string(), source: e }.into())
                 }
-                Err(LocalOrRemote::Remote(e)) if e.is_transport() => {
+                Err(DownloadError::Remote(e)) if e.is_transport() => {
                     self.remote.invalidate(&conn).await;
                     // `sftp.timeout` bounds a transfer: one reconnect after a stall, not more.
                     if matches!(e, RemoteError::Timeout { .. }) {
@@ -483,7 +483,7 @@ impl Syncer {
                     last_err = Some(e);
                     continue;
                 }
-                Err(LocalOrRemote::Remote(e)) => return Err(e.into()),
+                Err(DownloadError::Remote(e)) => return Err(e.into()),
                 Ok(d) => {
                     // The remote is the truth *after* the copy too: if it changed while we
                     // read, this copy may be a mix; start again from what it is now.

@@ -12,7 +12,7 @@ use russh_sftp::protocol::StatusCode;
 
 /// The request families a [`Faults::fail`] rule can target.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Op {
+pub enum Request {
     /// `SSH_FXP_OPEN`.
     Open,
     /// `SSH_FXP_STAT`, `SSH_FXP_LSTAT` and `SSH_FXP_FSTAT` (matched on the handle's path).
@@ -86,7 +86,7 @@ struct DropRule {
 
 #[derive(Clone, Debug)]
 struct FailRule {
-    op: Op,
+    op: Request,
     needle: String,
     status: StatusCode,
 }
@@ -134,7 +134,7 @@ impl Faults {
     /// Make requests of kind `op` whose normalised path (`/a/b`) contains
     /// `path_contains` fail with `status`. Rules accumulate; the first match wins.
     /// An empty `path_contains` matches every path.
-    pub fn fail(&self, op: Op, path_contains: &str, status: StatusCode) {
+    pub fn fail(&self, op: Request, path_contains: &str, status: StatusCode) {
         self.state().failures.push(FailRule { op, needle: path_contains.to_owned(), status });
     }
 
@@ -192,7 +192,7 @@ impl Faults {
     }
 
     /// The status a request of kind `op` on `path` must fail with, if any.
-    pub(crate) fn failure_for(&self, op: Op, path: &str) -> Option<StatusCode> {
+    pub(crate) fn failure_for(&self, op: Request, path: &str) -> Option<StatusCode> {
         self.state().failures.iter().find(|r| r.op == op && path.contains(&r.needle)).map(|r| r.status)
     }
 
@@ -264,12 +264,12 @@ mod tests {
     #[test]
     fn failure_rules_match_by_op_and_substring() {
         let f = Faults::new();
-        f.fail(Op::Open, "x", StatusCode::PermissionDenied);
-        assert_eq!(f.failure_for(Op::Open, "/a/x.bin"), Some(StatusCode::PermissionDenied));
-        assert_eq!(f.failure_for(Op::Stat, "/a/x.bin"), None);
-        assert_eq!(f.failure_for(Op::Open, "/a/y.bin"), None);
+        f.fail(Request::Open, "x", StatusCode::PermissionDenied);
+        assert_eq!(f.failure_for(Request::Open, "/a/x.bin"), Some(StatusCode::PermissionDenied));
+        assert_eq!(f.failure_for(Request::Stat, "/a/x.bin"), None);
+        assert_eq!(f.failure_for(Request::Open, "/a/y.bin"), None);
         f.clear();
-        assert_eq!(f.failure_for(Op::Open, "/a/x.bin"), None);
+        assert_eq!(f.failure_for(Request::Open, "/a/x.bin"), None);
     }
 
     #[test]

@@ -13,12 +13,12 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use sftp_mirror::testkit::{Faults, Op, ServerOptions, TestServer};
+//! use sftp_mirror::testkit::{Faults, Request, ServerOptions, TestServer};
 //! let mut opts = ServerOptions::new("/tmp/remote", "alice");
 //! opts.password = Some("secret".into());
 //! let server = TestServer::start(opts).await?;
 //! println!("{}", server.known_hosts_line()); // pin it in the client
-//! server.faults().fail(Op::Open, "broken", russh_sftp::protocol::StatusCode::PermissionDenied);
+//! server.faults().fail(Request::Open, "broken", russh_sftp::protocol::StatusCode::PermissionDenied);
 //! // ... connect to server.addr() ...
 //! server.shutdown().await;
 //! # Ok(()) }
@@ -28,7 +28,7 @@ mod faults;
 mod server;
 mod sftp;
 
-pub use faults::{Faults, Lies, Op};
+pub use faults::{Faults, Lies, Request};
 pub use server::{ServerOptions, TestServer};
 pub use sftp::{serve_stream, MAX_HANDLES, MAX_READ_LEN, READDIR_BATCH};
 

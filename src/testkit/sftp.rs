@@ -23,7 +23,7 @@ use russh_sftp::protocol::{Attrs, Data, File, FileAttributes, Handle, Name, Open
 use russh_sftp::server::StatusReply;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-use super::faults::{Allowance, Faults, Op, ReadCounter};
+use super::faults::{Allowance, Faults, ReadCounter, Request};
 
 /// Largest READ reply; bigger requests get a (valid) short read. Matches the
 /// 256 KiB packet limit russh-sftp and OpenSSH clients use.
@@ -99,7 +99,7 @@ impl SftpHandler {
     }
 
     /// Fails the request if a [`Faults::fail`] rule matches `op` on `vpath`.
-    fn check(&self, op: Op, vpath: &str) -> Reply<()> {
+    fn check(&self, op: Request, vpath: &str) -> Reply<()> {
         match self.faults.failure_for(op, vpath) {
             Some(status) => Err(StatusReply::new(status).with_message("injected fault")),
             None => Ok(()),
@@ -198,7 +198,7 @@ impl russh_sftp::server::Handler for SftpHandler {
     async fn stat(&mut self, id: u32, path: String) -> Reply<Attrs> {
         self.delay().await;
         let vpath = normalize(&path)?;
-        self.check(Op::Stat, &vpath)?;
+        self.check(Request::Stat, &vpath)?;
         let local = self.resolve_follow(&vpath).await?;
         let md = blocking(move || fs::metadata(local)).await?;
         Ok(Attrs { id, attrs: self.lie_about(&vpath, attrs_of(&md)) })
@@ -207,7 +207,7 @@ impl russh_sftp::server::Handler for SftpHandler {
     async fn lstat(&mut self, id: u32, path: String) -> Reply<Attrs> {
         self.delay().await;
         let vpath = normalize(&path)?;
-        self.check(Op::Stat, &vpath)?;
+        self.check(Request::Stat, &vpath)?;
         let local = self.resolve_nofollow(&vpath).await?;
         let md = blocking(move || fs::symlink_metadata(local)).await?;
         Ok(Attrs { id, attrs: self.lie_about(&vpath, attrs_of(&md)) })
@@ -216,7 +216,7 @@ impl russh_sftp::server::Handler for SftpHandler {
     async fn fstat(&mut self, id: u32, handle: String) -> Reply<Attrs> {
         self.delay().await;
         let vpath = self.handle(&handle)?.vpath().to_owned();
-        self.check(Op::Stat, &vpath)?;
+        self.check(Request::Stat, &vpath)?;
         let md = match self.handle(&handle)? {
             OpenHandle::File { file, .. } => {
                 let file = file.clone();
@@ -233,7 +233,7 @@ impl russh_sftp::server::Handler for SftpHandler {
     async fn open(&mut self, id: u32, filename: String, pflags: OpenFlags, _attrs: FileAttributes) -> Reply<Handle> {
         self.delay().await;
         let vpath = normalize(&filename)?;
-        self.check(Op::Open, &vpath)?;
+        self.check(Request::Open, &vpath)?;
         let writing =
             OpenFlags::WRITE | OpenFlags::APPEND | OpenFlags::CREATE | OpenFlags::TRUNCATE | OpenFlags::EXCLUDE;
         if pflags.intersects(writing) {
@@ -298,7 +298,7 @@ impl russh_sftp::server::Handler for SftpHandler {
     async fn opendir(&mut self, id: u32, path: String) -> Reply<Handle> {
         self.delay().await;
         let vpath = normalize(&path)?;
-        self.check(Op::Readdir, &vpath)?;
+        self.check(Request::Readdir, &vpath)?;
         let local = self.resolve_follow(&vpath).await?;
         let (local, iter) = blocking(move || {
             let iter = fs::read_dir(&local)?;
@@ -313,7 +313,7 @@ impl russh_sftp::server::Handler for SftpHandler {
     async fn readdir(&mut self, id: u32, handle: String) -> Reply<Name> {
         self.delay().await;
         let vpath = self.handle(&handle)?.vpath().to_owned();
-        self.check(Op::Readdir, &vpath)?;
+        self.check(Request::Readdir, &vpath)?;
         let lies = self.faults.lies();
         if lies.endless_listings.iter().any(|n| vpath.contains(n.as_str())) {
             self.next_handle += 1;
