@@ -12,7 +12,13 @@
 //! place and fsyncs the directory; directory fsyncs are group-committed, so
 //! concurrent commits into one directory share one flush.
 
+mod group_sync;
+mod staging;
 mod trash;
+
+use group_sync::GroupSync;
+pub use staging::Staging;
+use staging::{clean_staging, partial_name, resume_name, ResumeRecord};
 
 pub use trash::TRASH;
 
@@ -40,37 +46,6 @@ pub struct MirrorError {
     /// The cause.
     #[source]
     pub source: io::Error,
-}
-
-/// Empties the staging folder of what an interrupted run left, except
-/// resumable downloads (a `.part` with its `.resume` record, younger than
-/// [`RESUME_KEEP`]).
-fn clean_staging(staging: &Dir) -> io::Result<()> {
-    let names: Vec<String> = staging.entries()?.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
-    let fresh = |name: &str| {
-        staging
-            .symlink_metadata(name)
-            .ok()
-            .filter(|m| m.is_file())
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.into_std().elapsed().ok())
-            .is_some_and(|age| age < RESUME_KEEP)
-    };
-    for name in &names {
-        let keep = if let Some(part) = name.strip_suffix(".resume") {
-            part.starts_with("r-") && names.iter().any(|n| n == part) && fresh(name)
-        } else {
-            name.starts_with("r-") && names.contains(&resume_name(name)) && fresh(&resume_name(name))
-        };
-        if !keep {
-            match staging.symlink_metadata(name) {
-                Ok(m) if m.is_dir() => staging.remove_dir_all(name)?,
-                Ok(_) => staging.remove_file(name)?,
-                Err(_) => {}
-            }
-        }
-    }
-    Ok(())
 }
 
 fn err(op: &'static str, path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> MirrorError {
@@ -116,172 +91,6 @@ impl LocalEntry {
     /// correctness.
     pub fn is_racy(&self) -> bool {
         i64::try_from(self.mtime).map_or(true, |m| self.changed <= m + 1)
-    }
-}
-
-/// An open staging file; commit it with [`Mirror::commit`] or drop it
-/// (removed, unless it is resumable: see [`Mirror::resumable_staging`]).
-pub struct Staging {
-    name: String,
-    file: Option<std::fs::File>,
-    staging: Dir,
-    committed: bool,
-    /// For a resumable download: its sidecar record and what it records.
-    resume: Option<ResumeRecord>,
-}
-
-/// The sidecar of a resumable staging file: which remote version it holds
-/// and how many leading bytes of it are known durable.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct ResumeRecord {
-    size: u64,
-    mtime: u64,
-}
-
-impl ResumeRecord {
-    fn encode(&self, durable: u64) -> String {
-        format!("{} {} {durable}\n", self.size, self.mtime)
-    }
-
-    /// `(record, durable bytes)` from a sidecar's text.
-    fn decode(text: &str) -> Option<(ResumeRecord, u64)> {
-        let mut it = text.split_ascii_whitespace().map(str::parse::<u64>);
-        let (size, mtime, durable) = (it.next()?.ok()?, it.next()?.ok()?, it.next()?.ok()?);
-        (it.next().is_none() && durable <= size).then_some((ResumeRecord { size, mtime }, durable))
-    }
-}
-
-impl Staging {
-    /// The file to write the download into.
-    pub fn file(&mut self) -> &mut std::fs::File {
-        self.file.as_mut().expect("file present until commit")
-    }
-
-    /// Takes the file out to write it asynchronously; give it back with [`Staging::put_back`].
-    pub fn take_file(&mut self) -> std::fs::File {
-        self.file.take().expect("file present until commit")
-    }
-
-    /// Returns the file taken with [`Staging::take_file`].
-    pub fn put_back(&mut self, f: std::fs::File) {
-        self.file = Some(f);
-    }
-
-    /// Records that the first `durable` bytes are flushed to disk, so a
-    /// download interrupted by a crash resumes there. A no-op for a staging
-    /// file that is not resumable; a failed write only costs a longer resume.
-    pub fn recorder(&self) -> impl Fn(u64) + Send + Sync + 'static {
-        let target = self.resume.and_then(|r| Some((r, self.staging.try_clone().ok()?, resume_name(&self.name))));
-        move |durable| {
-            if let Some((r, dir, name)) = &target {
-                if let Err(e) = dir.write(name, r.encode(durable)) {
-                    tracing::debug!(error = %e, "could not record download progress");
-                }
-            }
-        }
-    }
-}
-
-impl Drop for Staging {
-    fn drop(&mut self) {
-        if self.committed {
-            if self.resume.is_some() {
-                let _ = self.staging.remove_file(resume_name(&self.name));
-            }
-        } else if self.resume.is_none() || self.file.as_ref().is_some_and(|f| f.metadata().is_ok_and(|m| m.len() == 0))
-        {
-            // Nothing to resume from: leave nothing behind.
-            let _ = self.staging.remove_file(&self.name);
-            if self.resume.is_some() {
-                let _ = self.staging.remove_file(resume_name(&self.name));
-            }
-        }
-    }
-}
-
-/// The resumable staging file of `rel`: one per path, so a retry finds it.
-fn partial_name(rel: &RemotePath) -> String {
-    use sha2::Digest;
-    let digest = sha2::Sha256::digest(rel.as_bytes());
-    format!("r-{}.part", hex::encode(&digest[..16]))
-}
-
-/// The sidecar of resumable staging file `name`.
-fn resume_name(name: &str) -> String {
-    format!("{name}.resume")
-}
-
-/// Resumable staging files are kept across restarts this long at most.
-const RESUME_KEEP: Duration = Duration::from_secs(7 * 24 * 3600);
-
-/// Group commit for renames and removals: a round fsyncs every directory
-/// touched before it started, once, so concurrent commits into the same
-/// directories share the flushes. (`syncfs` would also do, but it flushes every
-/// other program's dirty data on the filesystem too: measured 12 s instead of
-/// 7 s for a 1 GiB file next to other writers.)
-#[derive(Default)]
-struct GroupSync {
-    state: std::sync::Mutex<SyncState>,
-    done: std::sync::Condvar,
-}
-
-#[derive(Default)]
-struct SyncState {
-    /// Tickets handed out.
-    requested: u64,
-    /// Every ticket up to this one has its round's result in `results`.
-    completed: u64,
-    running: bool,
-    /// Each finished ticket's own round result (an error message), taken by
-    /// its waiter: a later round's success never answers for a failed one.
-    results: std::collections::HashMap<u64, Option<String>>,
-    /// Directories (mirror-relative, "." for the root) waiting for their fsync.
-    dirs: std::collections::BTreeSet<PathBuf>,
-}
-
-impl GroupSync {
-    /// Returns once directory `dir` of the mirror `root` (and every entry
-    /// renamed into or removed from it before the call) is on disk. The
-    /// directory is opened through `root` (cap-std: never outside the mirror,
-    /// and as a directory), so a symlink planted in its place to a FIFO outside
-    /// is an error, never a wait on something outside.
-    fn sync_dir(&self, root: &Dir, dir: &Path) -> io::Result<()> {
-        let mut s = self.state.lock().expect("not poisoned");
-        s.dirs.insert(dir.to_owned());
-        s.requested += 1;
-        let ticket = s.requested;
-        loop {
-            if let Some(r) = s.results.remove(&ticket) {
-                return r.map_or(Ok(()), |e| Err(io::Error::other(e)));
-            }
-            if !s.running {
-                // Lead a round: it covers every ticket handed out before it starts.
-                s.running = true;
-                let (from, target) = (s.completed + 1, s.requested);
-                let dirs = std::mem::take(&mut s.dirs);
-                drop(s);
-                let r = dirs.iter().try_for_each(|d| {
-                    let dir = if d == Path::new(".") { root.try_clone()? } else { root.open_dir(d)? };
-                    // cap-std's handle may be O_PATH, which cannot be fsynced: reopen it.
-                    use rustix::fs::{Mode, OFlags};
-                    let fd = rustix::fs::openat(
-                        &dir,
-                        ".",
-                        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
-                        Mode::empty(),
-                    )?;
-                    rustix::fs::fsync(&fd).map_err(io::Error::from)
-                });
-                s = self.state.lock().expect("not poisoned");
-                s.running = false;
-                s.completed = target;
-                let r = r.err().map(|e| e.to_string());
-                s.results.extend((from..=target).map(|t| (t, r.clone())));
-                self.done.notify_all();
-                continue;
-            }
-            s = self.done.wait(s).expect("not poisoned");
-        }
     }
 }
 
