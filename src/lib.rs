@@ -31,6 +31,7 @@ pub mod metrics;
 pub mod mirror;
 pub mod remote;
 pub mod sync;
+pub mod terminal;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod webhook;

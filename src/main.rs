@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use tokio_util::sync::CancellationToken;
 
 /// The help heading of the flags every command takes, kept apart from each
@@ -149,8 +149,10 @@ fn init_logging(quiet: bool, verbose: u8, format: LogFormat) {
     // journal), and never with NO_COLOR set (no-color.org).
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr())
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    let builder =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(|| LogWriter(Vec::new())).with_ansi(colour);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(|| sftp_mirror::terminal::LogWriter(Vec::new()))
+        .with_ansi(colour);
     let _ = match format {
         LogFormat::Json => builder.json().try_init(),
         LogFormat::Human => builder.try_init(),
@@ -303,130 +305,6 @@ async fn run(cli: Cli) -> Result<ExitCode, Failure> {
     }
 }
 
-/// The progress bar on the terminal, once there is one: log lines are written
-/// above it, never through it.
-static SHOWN_BAR: std::sync::OnceLock<indicatif::ProgressBar> = std::sync::OnceLock::new();
-
-/// Stderr for log lines: one event is gathered, then written while the bar
-/// (if any) is lifted, so the bar is redrawn below it and no frame is left behind.
-struct LogWriter(Vec<u8>);
-
-impl std::io::Write for LogWriter {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for LogWriter {
-    fn drop(&mut self) {
-        use std::io::Write;
-        let write = || {
-            let _ = std::io::stderr().lock().write_all(&self.0);
-        };
-        match SHOWN_BAR.get() {
-            Some(bar) => bar.suspend(write),
-            None => write(),
-        }
-    }
-}
-
-/// A progress bar on a terminal; nothing otherwise (logs carry the story).
-/// While changes apply it moves by bytes (a 1.5 GB file must not look stuck
-/// at one entry), with the rate and ETA; entries are the second figure.
-struct Bar {
-    bar: Option<indicatif::ProgressBar>,
-    syncer: std::sync::Arc<sftp_mirror::sync::Syncer>,
-    /// `stats.received` when execution began: this pass's bytes are above it.
-    base: AtomicU64,
-    ops: AtomicU64,
-    done: AtomicU64,
-    by_bytes: std::sync::atomic::AtomicBool,
-}
-
-impl Bar {
-    fn new(syncer: std::sync::Arc<sftp_mirror::sync::Syncer>) -> Bar {
-        use std::io::IsTerminal;
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let b = indicatif::ProgressBar::new_spinner();
-            b.set_message("listing");
-            let _ = SHOWN_BAR.set(b.clone());
-            b
-        });
-        Bar {
-            bar,
-            syncer,
-            base: AtomicU64::new(0),
-            ops: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            by_bytes: false.into(),
-        }
-    }
-
-    /// Brings the bar up to date with the bytes received so far.
-    fn refresh(&self) {
-        let Some(b) = &self.bar else { return };
-        let (done, ops) = (self.done.load(Ordering::Relaxed), self.ops.load(Ordering::Relaxed));
-        if self.by_bytes.load(Ordering::Relaxed) {
-            let got = self.syncer.stats.received.load(Ordering::Relaxed) - self.base.load(Ordering::Relaxed);
-            // Retried reads count twice on the wire: never past the end.
-            b.set_position(got.min(b.length().unwrap_or(u64::MAX)));
-            b.set_message(format!("{done}/{ops} changes"));
-        } else {
-            b.set_position(done);
-        }
-    }
-
-    /// Keeps the bar moving between completions (one long download).
-    fn ticker(self: &std::sync::Arc<Self>) -> Option<tokio::task::JoinHandle<()>> {
-        self.bar.as_ref()?;
-        let me = self.clone();
-        Some(tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                me.refresh();
-            }
-        }))
-    }
-}
-
-impl reconcile::Progress for Bar {
-    fn listed(&self, entries: u64) {
-        if let Some(b) = &self.bar {
-            b.set_message(format!("listing: {entries} remote entries"));
-            b.tick();
-        }
-    }
-    fn executing(&self, ops: u64, bytes: u64) {
-        let Some(b) = &self.bar else { return };
-        self.ops.store(ops, Ordering::Relaxed);
-        self.base.store(self.syncer.stats.received.load(Ordering::Relaxed), Ordering::Relaxed);
-        self.by_bytes.store(bytes > 0, Ordering::Relaxed);
-        b.set_message(format!("0/{ops} changes"));
-        let template = if bytes > 0 {
-            "[{wide_bar}] {binary_bytes}/{binary_total_bytes} {binary_bytes_per_sec} ETA {eta} · {msg}"
-        } else {
-            "[{wide_bar}] {pos}/{len} changes"
-        };
-        b.set_style(
-            indicatif::ProgressStyle::with_template(template)
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        b.set_length(if bytes > 0 { bytes } else { ops });
-        b.set_position(0);
-        b.reset_eta();
-        b.reset_elapsed();
-        self.refresh();
-    }
-    fn done_one(&self, _op: &reconcile::Op, _ok: bool) {
-        self.done.fetch_add(1, Ordering::Relaxed);
-        self.refresh();
-    }
-}
-
 async fn reconcile_command(
     settings: &Settings,
     opts: reconcile::Options,
@@ -453,7 +331,7 @@ async fn reconcile_command(
     if let Err(e) = syncer.remote.conn().await {
         return Err(Failure::new(EXIT_ACCESS, e));
     }
-    let bar = std::sync::Arc::new(Bar::new(syncer.clone()));
+    let bar = std::sync::Arc::new(sftp_mirror::terminal::Bar::new(syncer.clone()));
     let ticker = bar.ticker();
     let trash = syncer.mirror.trash_keep().is_some();
     let print_plan = |plan: &reconcile::Plan| {
