@@ -153,6 +153,15 @@ impl Reader {
         .unwrap_or(default)
     }
 
+    /// [`Reader::duration`] that must not be zero (a deadline).
+    pub(super) fn positive_duration(&mut self, s: &str, k: &str, default: Duration) -> Duration {
+        let d = self.duration(s, k, default);
+        if d.is_zero() {
+            self.problem(s, k, "must be more than 0s");
+        }
+        d
+    }
+
     pub(super) fn path(&mut self, s: &str, k: &str) -> Option<PathBuf> {
         let p = self.string(s, k)?;
         if p.is_empty() {

@@ -137,11 +137,8 @@ pub(super) fn sftp(r: &mut Reader) -> Option<SftpSettings> {
         }
     };
     let connections = r.number("sftp", "connections", 2usize, (1, 16));
-    let timeout = r.duration("sftp", "timeout", Duration::from_secs(30));
+    let timeout = r.positive_duration("sftp", "timeout", Duration::from_secs(30));
     let keepalive = r.duration("sftp", "keepalive", Duration::from_secs(15));
-    if timeout.is_zero() {
-        r.problem("sftp", "timeout", "must be more than 0s");
-    }
     Some(SftpSettings {
         host: host?,
         port,
@@ -213,10 +210,7 @@ pub(super) fn webhook(r: &mut Reader) -> Option<WebhookSettings> {
     if tls_cert.is_some() != tls_key.is_some() {
         r.problems.push("webhook: set both tls_cert and tls_key, or neither".into());
     }
-    let header_timeout = r.duration("webhook", "header_timeout", Duration::from_secs(10));
-    if header_timeout.is_zero() {
-        r.problem("webhook", "header_timeout", "must be more than 0s");
-    }
+    let header_timeout = r.positive_duration("webhook", "header_timeout", Duration::from_secs(10));
     Some(WebhookSettings {
         listen: listen?,
         path,
@@ -293,17 +287,13 @@ pub(super) fn hooks(r: &mut Reader) -> HookSettings {
     };
     let on_file = argv("on_file");
     let on_delete = argv("on_delete");
-    let hooks = HookSettings {
+    HookSettings {
         on_file,
         on_delete,
         concurrency: r.number("hooks", "concurrency", 4usize, (1, 64)),
-        timeout: r.duration("hooks", "timeout", Duration::from_secs(300)),
+        timeout: r.positive_duration("hooks", "timeout", Duration::from_secs(300)),
         max_attempts: r.number("hooks", "max_attempts", 5u32, (1, 100)),
-    };
-    if hooks.timeout.is_zero() {
-        r.problem("hooks", "timeout", "must be more than 0s");
     }
-    hooks
 }
 
 /// Parses a `mirror.bwlimit` value: bytes per second with an optional unit

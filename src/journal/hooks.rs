@@ -239,15 +239,7 @@ impl Journal {
     /// # Errors
     /// On a database error.
     pub async fn hook_release(&self, seqs: Vec<i64>) -> Result<(), JournalError> {
-        self.call(move |c| {
-            let mut st =
-                c.prepare_cached("UPDATE hooks SET status = 'pending' WHERE seq = ?1 AND status = 'running'")?;
-            for s in seqs {
-                st.execute(params![s])?;
-            }
-            Ok(())
-        })
-        .await
+        self.call(move |c| super::release_rows(c, "hooks", &seqs)).await
     }
 
     /// When the next `pending` run is due (epoch ms), and how many are `pending`.

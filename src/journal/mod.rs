@@ -194,6 +194,17 @@ pub struct Journal {
     max_attempts: u32,
 }
 
+/// Puts `running` rows of `table` (events or hooks) back to `pending`,
+/// counting no attempt.
+fn release_rows(c: &Connection, table: &'static str, seqs: &[i64]) -> rusqlite::Result<()> {
+    let mut st =
+        c.prepare_cached(&format!("UPDATE {table} SET status = 'pending' WHERE seq = ?1 AND status = 'running'"))?;
+    for s in seqs {
+        st.execute(params![s])?;
+    }
+    Ok(())
+}
+
 /// Milliseconds since the epoch, now.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
@@ -413,15 +424,7 @@ impl Journal {
     /// # Errors
     /// On a database error.
     pub async fn release(&self, seqs: Vec<i64>) -> Result<(), JournalError> {
-        self.call(move |c| {
-            let mut st =
-                c.prepare_cached("UPDATE events SET status = 'pending' WHERE seq = ?1 AND status = 'running'")?;
-            for s in seqs {
-                st.execute(params![s])?;
-            }
-            Ok(())
-        })
-        .await
+        self.call(move |c| release_rows(c, "events", &seqs)).await
     }
 
     /// The epoch milliseconds at which the next `pending` row becomes due.

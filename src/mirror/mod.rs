@@ -155,15 +155,19 @@ impl Mirror {
         root.create_dir_all(STAGING).map_err(err("create", STAGING))?;
         let staging = root.open_dir(STAGING).map_err(err("open", STAGING))?;
         clean_staging(&staging).map_err(err("clean", STAGING))?;
-        Ok(Mirror {
+        Ok(Mirror::assemble(root, staging, path, Some(lock)))
+    }
+
+    fn assemble(root: Dir, staging: Dir, path: &Path, lock: Option<std::fs::File>) -> Mirror {
+        Mirror {
             root,
             staging,
             path: path.to_owned(),
             group: GroupSync::default(),
             trash: None,
             trash_keep: None,
-            _lock: Some(lock),
-        })
+            _lock: lock,
+        }
     }
 
     /// The read-only open: creates nothing (no folder, lock or staging area);
@@ -182,15 +186,7 @@ impl Mirror {
             Err(e) => return Err(err("open mirror folder", &p)(e)),
         };
         let staging = root.try_clone().map_err(err("open mirror folder", &p))?;
-        Ok(Mirror {
-            root,
-            staging,
-            path: path.to_owned(),
-            group: GroupSync::default(),
-            trash: None,
-            trash_keep: None,
-            _lock: None,
-        })
+        Ok(Mirror::assemble(root, staging, path, None))
     }
 
     /// Turns on `mirror.trash`: from now on deleted and overwritten entries are
