@@ -230,6 +230,22 @@ for _ in $(seq 100); do grep -q "listening" "$W/serve.log" 2>/dev/null && break;
 OURS_RSS=$(awk '/VmHWM/ {print $2}' /proc/$DPID/status)
 kill $DPID; wait $DPID 2>/dev/null || true; DPID=
 
+if want burst; then
+  say "burst: a file.created for each of the $SMALL_N small files at once (16 connections), until all are in the mirror"
+  for r in $(seq "$RUNS"); do
+    BPORT=$(free_port)
+    sed "s|^path = \"$W/journal.db\"|path = \"$W/journal-burst-$r.db\"|" \
+      "$(config "$W/data/small" "$W/out/burst-$r" "127.0.0.1:$BPORT")" > "$W/cfg-burst.toml"
+    "$BIN" --config "$W/cfg-burst.toml" -q serve 2>"$W/burst-serve.log" &
+    DPID=$!
+    for _ in $(seq 100); do curl -s -o /dev/null "http://127.0.0.1:$BPORT/" && break; sleep 0.1; done
+    "$LOADGEN" burst "http://127.0.0.1:$BPORT/webhook" "bench secret" "$W/data/small" "$W/out/burst-$r" 16 > "$W/burst-$r.json"
+    kill $DPID; wait $DPID 2>/dev/null || true; DPID=
+    diff -r -q -x .sftp-mirror "$W/data/small" "$W/out/burst-$r" >/dev/null || say "WARNING: the burst's mirror differs from the source"
+    rm -rf "$W/out/burst-$r"
+  done
+fi
+
 say "intake peer: adnanh/webhook with an HMAC-SHA256 rule"
 HPORT=$(free_port)
 cat > "$W/hooks.json" <<EOF
@@ -281,6 +297,15 @@ lines += ["", "| intake (32 connections, signed events) | requests/s | p50 ms | 
           f"| sftp-mirror serve (each event fsync-journaled before 204) | {ours['rps']} | {ours['p50_ms']} | {ours['p99_ms']} | {ours['non_204']} | {int(ours_rss) / 1024:.0f} |",
           f"| adnanh/webhook (HMAC rule, runs /bin/true, no journal) | {peer['rps']} | {peer['p50_ms']} | {peer['p99_ms']} | {peer['non_204']} | {int(hook_rss) / 1024:.0f} |",
           "", f"Event-to-disk latency (signed `file.created` for a 1 KiB file until it is in the mirror, {lat['events']} events in sequence): p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms."]
+import glob
+bursts = [json.load(open(f)) for f in sorted(glob.glob(f"{w}/burst-*.json"))]
+fresh = [x[0] for x in rows.get("small-fresh", {}).get("sftp-mirror", [])]
+if bursts:
+    secs = [b["seconds"] for b in bursts]
+    b = statistics.median(secs)
+    ratio = f"{statistics.median(fresh) / b:.2f}x (a fresh reconcile of the same files: {statistics.median(fresh):.2f} s)" if fresh else "(no reconcile run to compare)"
+    lines += ["", f"Burst: {bursts[0]['events']} `file.created` for new small files, sent at once from 16 connections, until all are in the mirror: "
+              f"{b:.2f} s median ({min(secs):.2f}-{max(secs):.2f}), {bursts[0]['events'] / b:.0f} events applied/s; vs reconcile {ratio}."]
 open(out, "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 EOF

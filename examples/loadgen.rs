@@ -5,6 +5,11 @@
 //! id (so the daemon journals every one), for SECONDS; prints one JSON line:
 //! requests/s, p50/p99 latency, non-204 count.
 //!
+//! `loadgen burst URL SECRET REMOTE_DIR MIRROR_DIR CONNECTIONS`: one signed
+//! `file.created` for every file already under REMOTE_DIR, sent at once from
+//! CONNECTIONS connections (an upload burst); waits until every file is in
+//! MIRROR_DIR with its size; prints events, seconds and events/s.
+//!
 //! `loadgen latency URL SECRET REMOTE_DIR MIRROR_DIR COUNT`: for each of COUNT
 //! events, writes a 1 KiB file into REMOTE_DIR, sends its signed event and
 //! polls MIRROR_DIR until the file is there; prints p50/p99 of event-to-disk.
@@ -159,8 +164,67 @@ async fn main() {
             let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
             println!(r#"{{"events":{count},"p50_ms":{p50:.2},"p99_ms":{p99:.2}}}"#);
         }
+        Some("burst") => {
+            let (addr, path) = parse(&args[2]);
+            let secret = args[3].clone();
+            let (remote, mirror) = (std::path::PathBuf::from(&args[4]), std::path::PathBuf::from(&args[5]));
+            let conns: usize = args[6].parse().expect("connections");
+            let mut files: Vec<(String, u64)> = Vec::new();
+            let mut stack = vec![remote.clone()];
+            while let Some(d) = stack.pop() {
+                for e in std::fs::read_dir(&d).expect("list remote").flatten() {
+                    let m = e.metadata().expect("stat");
+                    if m.is_dir() {
+                        stack.push(e.path());
+                    } else {
+                        let rel = e.path().strip_prefix(&remote).unwrap().to_string_lossy().into_owned();
+                        files.push((rel, m.len()));
+                    }
+                }
+            }
+            files.sort();
+            let files = std::sync::Arc::new(files);
+            let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let run = fastrand::u64(..);
+            let start = Instant::now();
+            let senders: Vec<_> = (0..conns)
+                .map(|_| {
+                    let (path, secret, files, next) = (path.clone(), secret.clone(), files.clone(), next.clone());
+                    tokio::spawn(async move {
+                        let mut conn = Conn::open(addr).await;
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some((rel, _)) = files.get(i) else { break };
+                            let b = body(&format!("burst-{run:x}-{i}"), rel);
+                            while conn.post(addr, &path, &secret, &b).await != 204 {
+                                conn = Conn::open(addr).await;
+                            }
+                        }
+                    })
+                })
+                .collect();
+            for t in senders {
+                t.await.expect("sender");
+            }
+            let sent = start.elapsed().as_secs_f64();
+            // Done when every file is in the mirror with its size.
+            let mut pending: Vec<&(String, u64)> = files.iter().collect();
+            while !pending.is_empty() {
+                pending.retain(|(rel, len)| std::fs::metadata(mirror.join(rel)).ok().map(|m| m.len()) != Some(*len));
+                if start.elapsed() > Duration::from_secs(600) {
+                    panic!("{} files never arrived", pending.len());
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            let secs = start.elapsed().as_secs_f64();
+            let n = files.len();
+            println!(
+                r#"{{"events":{n},"seconds":{secs:.2},"sent_seconds":{sent:.2},"per_second":{:.0}}}"#,
+                n as f64 / secs
+            );
+        }
         _ => {
-            eprintln!("usage: loadgen intake URL SECRET SECONDS CONNECTIONS [PATH_PREFIX] | latency URL SECRET REMOTE MIRROR COUNT");
+            eprintln!("usage: loadgen intake URL SECRET SECONDS CONNECTIONS [PATH_PREFIX] | burst URL SECRET REMOTE MIRROR CONNECTIONS | latency URL SECRET REMOTE MIRROR COUNT");
             std::process::exit(2);
         }
     }
