@@ -15,8 +15,21 @@ const MAX_BATCH: usize = 512;
 
 /// Answers a request's caller once its transaction is durable (or failed).
 pub(super) type Reply = Box<dyn FnOnce(Result<(), String>) + Send>;
-/// A request runs on the journal thread and says whether it succeeded, plus how to answer after commit.
-type Request = Box<dyn FnOnce(Option<&Connection>) -> (bool, Reply) + Send>;
+/// A request runs on the journal thread and says whether it succeeded, plus
+/// how to answer after commit, and whether that answer waits for the fsync.
+type Request = Box<dyn FnOnce(Option<&Connection>) -> (bool, Reply, Durability) + Send>;
+
+/// When a caller hears its request is done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Durability {
+    /// Once the commit is on disk (an accepted event, a hook run armed
+    /// before its change: promises made to others).
+    Synced,
+    /// Once it is committed; the fsync follows with the batch. For the
+    /// workers' own bookkeeping, which a crash may undo safely: a lost claim
+    /// or completion leaves a row `pending`, and it is applied again.
+    Committed,
+}
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS events (
@@ -116,7 +129,7 @@ impl Engine {
     /// the transaction is durable. With a full queue, `wait` says whether to
     /// wait for room (the daemon's own bookkeeping) or fail at once with
     /// [`JournalError::Busy`] (intake: a `503` now beats one after a stalled disk).
-    pub(super) async fn submit<T, F>(&self, wait: bool, f: F) -> Result<T, JournalError>
+    pub(super) async fn submit<T, F>(&self, wait: bool, durability: Durability, f: F) -> Result<T, JournalError>
     where
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
@@ -136,7 +149,7 @@ impl Engine {
                 };
                 let _ = tx.send(out);
             });
-            (ok, reply)
+            (ok, reply, durability)
         });
         loop {
             match self.tx.try_send(req) {
@@ -211,15 +224,18 @@ fn run(conn: Connection, rx: mpsc::Receiver<Request>, synced: mpsc::Sender<Vec<R
             for req in batch {
                 // A savepoint per request: a failed request rolls back alone.
                 let _ = exec("SAVEPOINT req");
-                let (ok, reply) = req(Some(&conn));
+                let (ok, reply, durability) = req(Some(&conn));
                 if !ok {
                     let _ = exec("ROLLBACK TO req");
                 }
                 let _ = exec("RELEASE req");
-                replies.push(reply);
+                replies.push((reply, durability));
             }
         } else {
-            replies.extend(batch.into_iter().map(|req| req(None).1));
+            replies.extend(batch.into_iter().map(|req| {
+                let (_, reply, durability) = req(None);
+                (reply, durability)
+            }));
         }
         let commit = match began {
             Ok(()) => exec("COMMIT").map_err(|e| e.to_string()),
@@ -227,12 +243,24 @@ fn run(conn: Connection, rx: mpsc::Receiver<Request>, synced: mpsc::Sender<Vec<R
         };
         if let Err(e) = commit {
             let _ = exec("ROLLBACK");
-            for reply in replies {
+            for (reply, _) in replies {
                 reply(Err(e.clone()));
             }
             continue;
         }
-        if let Err(mpsc::SendError(replies)) = synced.send(replies) {
+        // Bookkeeping hears at once; promises wait for the fsync.
+        let mut to_sync = Vec::with_capacity(replies.len());
+        for (reply, durability) in replies {
+            match durability {
+                Durability::Committed => reply(Ok(())),
+                Durability::Synced => to_sync.push(reply),
+            }
+        }
+        if to_sync.is_empty() {
+            // Still synced, with the next batch that waits: nothing is owed now.
+            continue;
+        }
+        if let Err(mpsc::SendError(replies)) = synced.send(to_sync) {
             for reply in replies {
                 reply(Err("the journal sync thread has stopped".into()));
             }

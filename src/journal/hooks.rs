@@ -144,7 +144,7 @@ impl Journal {
     /// # Errors
     /// On a database error (the start-up resolution fires it then).
     pub async fn hook_fire(&self, seq: i64) -> Result<(), JournalError> {
-        self.call(move |c| {
+        self.call_committed(move |c| {
             c.prepare_cached(
                 "UPDATE hooks SET status = 'pending', updated_ms = ?2 WHERE seq = ?1 AND status = 'armed'",
             )?
@@ -185,7 +185,7 @@ impl Journal {
     /// # Errors
     /// On a database error.
     pub async fn hook_claim(&self, limit: usize) -> Result<Vec<HookRun>, JournalError> {
-        self.call(move |c| {
+        self.call_committed(move |c| {
             let now = now_ms();
             let runs: Vec<HookRun> = {
                 let mut st = c.prepare_cached(&format!(
@@ -214,7 +214,7 @@ impl Journal {
         result: Result<String, String>,
         max_attempts: u32,
     ) -> Result<Status, JournalError> {
-        self.call(move |c| {
+        self.call_committed(move |c| {
             let now = now_ms();
             let attempts: u32 =
                 c.prepare_cached("SELECT attempts FROM hooks WHERE seq = ?1")?.query_row(params![seq], |r| r.get(0))?;

@@ -12,8 +12,11 @@
 //! NORMAL`, the WAL stays consistent) and a second thread, `journal-sync`,
 //! fdatasyncs the WAL file and only then answers the callers of every commit
 //! made before that sync began. The SQL of the next batch runs while the disk
-//! flushes the previous one, instead of after it; no caller hears "done"
-//! before its rows are on disk. (In WAL mode SQLite itself syncs the WAL before
+//! flushes the previous one, instead of after it; no caller of a promise (an
+//! event accepted before its `204`, a hook run armed before its change) hears
+//! "done" before its rows are on disk. The workers' own bookkeeping (claims,
+//! outcomes) hears it at commit: a crash can only turn such a row back into
+//! `pending`, and it is applied again. (In WAL mode SQLite itself syncs the WAL before
 //! each checkpoint and the database after it, so the frames a checkpoint moves
 //! out of the WAL stay durable too.)
 //!
@@ -26,7 +29,7 @@
 mod engine;
 mod hooks;
 
-use engine::{Engine, Faults};
+use engine::{Durability, Engine, Faults};
 
 pub use hooks::{HookKind, HookRun, NewHookRun, HOOK_ID_PREFIX};
 
@@ -255,7 +258,7 @@ impl Journal {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.engine.submit(wait, f).await
+        self.engine.submit(wait, Durability::Synced, f).await
     }
 
     /// [`Journal::submit`], waiting for room.
@@ -264,7 +267,19 @@ impl Journal {
         T: Send + 'static,
         F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     {
-        self.engine.submit(true, f).await
+        self.engine.submit(true, Durability::Synced, f).await
+    }
+
+    /// [`Journal::call`] for the workers' bookkeeping (claims, outcomes):
+    /// returns once committed, without waiting for the fsync. A crash can
+    /// only undo it to a row that is `pending` again and is applied again
+    /// (applies are idempotent), so the workers never wait on the disk.
+    async fn call_committed<T, F>(&self, f: F) -> Result<T, JournalError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    {
+        self.engine.submit(true, Durability::Committed, f).await
     }
 
     /// A query on the read-only connection: never behind the writer's
@@ -326,7 +341,7 @@ impl Journal {
     /// # Errors
     /// On a database error.
     pub async fn claim(&self, limit: usize) -> Result<Vec<Job>, JournalError> {
-        self.call(move |c| {
+        self.call_committed(move |c| {
             let now = now_ms();
             let jobs = {
                 let mut st = c.prepare_cached(
@@ -360,7 +375,7 @@ impl Journal {
     /// # Errors
     /// On a database error.
     pub async fn complete(&self, seqs: Vec<i64>, outcome: String) -> Result<(), JournalError> {
-        self.call(move |c| {
+        self.call_committed(move |c| {
             let now = now_ms();
             let mut st = c.prepare_cached(
                 "UPDATE events SET status = 'done', attempts = attempts + 1, last_error = NULL, updated_ms = ?2,
@@ -381,7 +396,7 @@ impl Journal {
     /// On a database error.
     pub async fn fail(&self, seqs: Vec<i64>, error: String) -> Result<(), JournalError> {
         let max_attempts = self.max_attempts;
-        self.call(move |c| {
+        self.call_committed(move |c| {
             let now = now_ms();
             let mut get = c.prepare_cached("SELECT attempts FROM events WHERE seq = ?1")?;
             let mut st = c.prepare_cached(
