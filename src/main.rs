@@ -457,6 +457,21 @@ fn default_sigpipe() {
     }
 }
 
+/// The error and its causes on one line, each cause once: many errors name
+/// their cause in their own message too ("create mirror folder X: No such
+/// file or directory"), and `{:#}` would repeat it.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let c = cause.to_string();
+        if !line.contains(&c) {
+            line.push_str(": ");
+            line.push_str(&c);
+        }
+    }
+    line
+}
+
 fn main() -> ExitCode {
     tune_allocator();
     let cli = Cli::parse();
@@ -478,7 +493,7 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(f) => {
-            eprintln!("sftp-mirror: {:#}", f.error);
+            eprintln!("sftp-mirror: {}", one_line(&f.error));
             ExitCode::from(f.code)
         }
     }

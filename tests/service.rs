@@ -579,3 +579,20 @@ fn check_run_as_root_hands_the_files_it_creates_to_the_owner_of_their_folders() 
         assert_eq!(uid, 65534, "{} belongs to uid {uid}", p.display());
     }
 }
+
+#[test]
+fn a_failure_names_its_cause_once_on_one_line() {
+    let env = Env::new();
+    let cfg = env.config(&Opts::default());
+    // A mirror folder that cannot be created: the OS error is said once.
+    let toml = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("path = {:?}", env.mirror()), "path = \"/proc/no-such-dir/mirror\"");
+    std::fs::write(&cfg, toml).unwrap();
+    let out = Command::new(bin()).arg("--config").arg(&cfg).arg("reconcile").output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains("/proc/no-such-dir/mirror"), "{err}");
+    assert_eq!(err.matches("No such file or directory").count(), 1, "{err}");
+}

@@ -60,7 +60,8 @@ pub enum JournalError {
         /// The cause.
         source: std::io::Error,
     },
-    /// The group transaction could not be committed.
+    /// The group transaction could not be committed. Text, not a source: one
+    /// SQLite error answers every request of the batch, on other threads.
     #[error("journal commit failed: {0}")]
     Commit(String),
     /// The journal thread has stopped.

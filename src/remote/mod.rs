@@ -80,7 +80,9 @@ pub enum RemoteError {
         /// Why (wrong passphrase, bad format …).
         reason: String,
     },
-    /// The SSH connection or SFTP channel failed or closed.
+    /// The SSH connection or SFTP channel failed or closed. Text, not a
+    /// source: a `RemoteError` is cloned to every caller waiting on the same
+    /// connection, and russh's and the SFTP client's errors are not `Clone`.
     #[error("SFTP connection lost: {0}")]
     Transport(String),
     /// Recent connects failed; not retried before the backoff ends.

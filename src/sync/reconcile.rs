@@ -95,7 +95,7 @@ pub enum ReconcileError {
     Remote(#[from] RemoteError),
     /// The mirror could not be listed.
     #[error("listing the mirror: {0}")]
-    Local(String),
+    Local(#[source] crate::mirror::MirrorError),
     /// The delete guard tripped.
     #[error(
         "refusing to delete {would_delete} of {local_entries} local entries ({pct:.0}% > mirror.max_delete_ratio {ratio_pct:.0}%): \
@@ -176,8 +176,12 @@ pub async fn plan(syncer: &Arc<Syncer>, opts: Options, progress: &dyn Progress) 
                     diff_dir(d.as_ref(), remote, local, &s.filter, deletes, &mut |p| s.mirror.count_entries(p))
                 })
                 .await
-                .map_err(|e| ReconcileError::Local(e.to_string()))?
-                .map_err(|e| ReconcileError::Local(e.to_string()))
+                .map_err(|e| {
+                    // The listing task panicked: said as what it was doing.
+                    let source = std::io::Error::other(format!("the listing task failed: {e}"));
+                    ReconcileError::Local(crate::mirror::MirrorError { op: "list", path: ".".into(), source })
+                })?
+                .map_err(ReconcileError::Local)
             });
         }
         let Some(r) = running.next().await else { break };
