@@ -246,24 +246,27 @@ if want burst; then
   done
 fi
 
-say "intake peer: adnanh/webhook with an HMAC-SHA256 rule"
-HPORT=$(free_port)
-cat > "$W/hooks.json" <<EOF
-[{"id": "webhook", "execute-command": "/bin/true", "success-http-response-code": 204,
+say "intake peer: adnanh/webhook with an HMAC-SHA256 rule, with no command and with /bin/true"
+for peer in none true; do
+  HPORT=$(free_port)
+  cmd=$([ $peer = none ] && echo "" || echo /bin/true)
+  cat > "$W/hooks.json" <<EOF
+[{"id": "webhook", "execute-command": "$cmd", "success-http-response-code": 204,
   "trigger-rule": {"match": {"type": "payload-hmac-sha256", "secret": "bench secret",
                              "parameter": {"source": "header", "name": "X-Hub-Signature"}}}}]
 EOF
-webhook -hooks "$W/hooks.json" -ip 127.0.0.1 -port "$HPORT" -urlprefix "" >"$W/webhook.log" 2>&1 &
-HPID=$!
-sleep 1
-"$LOADGEN" intake "http://127.0.0.1:$HPORT/webhook" "bench secret" "$INTAKE_SECS" 32 > "$W/intake-peer.json"
-HOOK_RSS=$(awk '/VmHWM/ {print $2}' /proc/$HPID/status)
-kill $HPID; HPID=
+  webhook -hooks "$W/hooks.json" -ip 127.0.0.1 -port "$HPORT" -urlprefix "" >"$W/webhook.log" 2>&1 &
+  HPID=$!
+  sleep 1
+  "$LOADGEN" intake "http://127.0.0.1:$HPORT/webhook" "bench secret" "$INTAKE_SECS" 32 > "$W/intake-peer-$peer.json"
+  awk '/VmHWM/ {print $2}' /proc/$HPID/status > "$W/intake-peer-$peer.rss"
+  kill $HPID; HPID=
+done
 
 say "writing $OUT"
-python3 - "$W" "$OUT" "$SCALE" "$RUNS" "$OURS_RSS" "$HOOK_RSS" "$ROOT" <<'EOF'
+python3 - "$W" "$OUT" "$SCALE" "$RUNS" "$OURS_RSS" "$ROOT" <<'EOF'
 import json, os, statistics, subprocess, sys, datetime, platform
-w, out, scale, runs, ours_rss, hook_rss, root = sys.argv[1:8]
+w, out, scale, runs, ours_rss, root = sys.argv[1:7]
 rows = {}
 for line in open(f"{w}/times.tsv"):
     scen, tool, t = line.rstrip("\n").split("\t")
@@ -292,10 +295,13 @@ for scen in ["big", "small-fresh", "small-noop", "medium", "large-noop", "capped
         walls = [x[0] for x in v]
         ratio = f"{best / med[t]:.2f}x" if (t == "sftp-mirror" and best) else ""
         lines.append(f"| {names[scen]} | {t} | {med[t]:.2f} ({min(walls):.2f}-{max(walls):.2f}) | {statistics.median(x[1] for x in v):.2f} | {max(x[2] for x in v) / 1024:.0f} | {ratio} |")
-ours = json.load(open(f"{w}/intake-ours.json")); peer = json.load(open(f"{w}/intake-peer.json")); lat = json.load(open(f"{w}/latency.json"))
-lines += ["", "| intake (32 connections, signed events) | requests/s | p50 ms | p99 ms | non-204 | peak RSS MiB |", "|---|---|---|---|---|---|",
-          f"| sftp-mirror serve (each event fsync-journaled before 204) | {ours['rps']} | {ours['p50_ms']} | {ours['p99_ms']} | {ours['non_204']} | {int(ours_rss) / 1024:.0f} |",
-          f"| adnanh/webhook (HMAC rule, runs /bin/true, no journal) | {peer['rps']} | {peer['p50_ms']} | {peer['p99_ms']} | {peer['non_204']} | {int(hook_rss) / 1024:.0f} |",
+ours = json.load(open(f"{w}/intake-ours.json")); lat = json.load(open(f"{w}/latency.json"))
+peers = {p: (json.load(open(f"{w}/intake-peer-{p}.json")), int(open(f"{w}/intake-peer-{p}.rss").read().strip() or 0)) for p in ["none", "true"]}
+none = peers["none"][0]
+lines += ["", "| intake (32 connections, signed events) | requests/s | p50 ms | p99 ms | non-204 | peak RSS MiB | vs no-command receiver |", "|---|---|---|---|---|---|---|",
+          f"| sftp-mirror serve (each event fsync-journaled before 204) | {ours['rps']} | {ours['p50_ms']} | {ours['p99_ms']} | {ours['non_204']} | {int(ours_rss) / 1024:.0f} | {ours['rps'] / max(none['rps'], 1):.2f}x |",
+          f"| adnanh/webhook (HMAC rule, no command, no journal) | {none['rps']} | {none['p50_ms']} | {none['p99_ms']} | {none['non_204']} | {peers['none'][1] / 1024:.0f} | |",
+          f"| adnanh/webhook (HMAC rule, runs /bin/true, no journal) | {peers['true'][0]['rps']} | {peers['true'][0]['p50_ms']} | {peers['true'][0]['p99_ms']} | {peers['true'][0]['non_204']} | {peers['true'][1] / 1024:.0f} | |",
           "", f"Event-to-disk latency (signed `file.created` for a 1 KiB file until it is in the mirror, {lat['events']} events in sequence): p50 {lat['p50_ms']} ms, p99 {lat['p99_ms']} ms."]
 import glob
 bursts = [json.load(open(f)) for f in sorted(glob.glob(f"{w}/burst-*.json"))]
