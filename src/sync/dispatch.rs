@@ -43,8 +43,13 @@ pub async fn run(
     let mut tasks: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
     // After a failed claim: how long to wait before the next (doubling).
     let mut claim_backoff: Option<Duration> = None;
+    // Whether the journal may hold rows we have not claimed: after intake's
+    // wake-up, a full claim, a timer (rows in backoff, `retry` from another
+    // process) or a row handed back for a retry. Not after a mere completion:
+    // a claim per completion cost a journal round trip in a burst's hot loop.
+    let mut may_have_rows = true;
     loop {
-        if schedule.len() < WINDOW / 2 {
+        if schedule.len() < WINDOW / 2 && may_have_rows {
             let asked = WINDOW - schedule.len();
             match journal.claim(asked).await {
                 Ok(jobs) => {
@@ -60,6 +65,7 @@ pub async fn run(
                     }
                     next_due = if got < asked { journal.next_due_ms().await.ok().flatten() } else { None };
                     claim_backoff = None;
+                    may_have_rows = got == asked;
                 }
                 Err(e) => {
                     // Never spin on a broken journal (a failed fsync fails every
@@ -106,15 +112,18 @@ pub async fn run(
         };
         tokio::select! {
             _ = shutdown.cancelled() => break,
-            _ = wake.notified() => {}
+            _ = wake.notified() => may_have_rows = true,
             Some(done) = tasks.join_next(), if !tasks.is_empty() => {
-                finish(&journal, &syncer, done).await;
+                let mut ready = vec![done];
                 while let Some(done) = tasks.try_join_next() {
-                    finish(&journal, &syncer, done).await;
+                    ready.push(done);
                 }
+                // Recorded together: one journal transaction for all of them.
+                let retried = futures::future::join_all(ready.into_iter().map(|d| finish(&journal, &syncer, d))).await;
+                may_have_rows |= retried.into_iter().any(|r| r);
             }
             _ = &mut released, if !schedule.is_empty() => {}
-            _ = tokio::time::sleep(sleep_for) => {}
+            _ = tokio::time::sleep(sleep_for) => may_have_rows = true,
         }
     }
 
@@ -124,7 +133,9 @@ pub async fn run(
     tokio::pin!(deadline);
     while !tasks.is_empty() {
         tokio::select! {
-            Some(done) = tasks.join_next() => finish(&journal, &syncer, done).await,
+            Some(done) = tasks.join_next() => {
+                finish(&journal, &syncer, done).await;
+            }
             _ = &mut deadline => {
                 tracing::warn!(running = tasks.len(), "shutdown deadline reached; unfinished events stay in the journal");
                 tasks.abort_all();
@@ -134,10 +145,13 @@ pub async fn run(
     }
 }
 
-async fn finish(journal: &Journal, syncer: &Syncer, done: Result<Done, tokio::task::JoinError>) {
+/// Records a batch's outcome; returns whether its rows went back to `pending`
+/// (a retry is due later: the loop must look at the journal's due times again).
+async fn finish(journal: &Journal, syncer: &Syncer, done: Result<Done, tokio::task::JoinError>) -> bool {
     // An apply task only ends early when aborted at shutdown: its rows stay
     // `running` and resume at the next start.
-    let Ok(d) = done else { return };
+    let Ok(d) = done else { return false };
+    let retried = matches!(&d.result, Err(e) if !matches!(e, ApplyError::Held(_)));
     let r = match d.result.map_err(|e| (matches!(e, ApplyError::Held(_)), e.to_string())) {
         Ok(action) => {
             // The change itself was logged where it happened (see `Syncer`).
@@ -159,4 +173,5 @@ async fn finish(journal: &Journal, syncer: &Syncer, done: Result<Done, tokio::ta
         // The rows stay `running` and are resumed on the next start.
         tracing::error!("journal: cannot record an apply result: {e}");
     }
+    retried
 }
