@@ -145,3 +145,27 @@ async fn a_stalled_reconnect_on_one_slot_holds_up_neither_other_callers_nor_inva
     tokio::time::timeout(bound, s.remote.invalidate(&b)).await.expect("invalidate waited out a reconnect");
     stuck.abort();
 }
+
+// Multi-threaded: the embedded server keeps serving while the daemon connects.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_closes_during_login_is_a_lost_connection_not_bad_credentials() {
+    let e = Embedded::start().await;
+    e.faults().drop_at_login(1);
+    let s = e.syncer();
+    // russh reports the closed session as a refused login; a daemon taking that
+    // for bad credentials would stop with exit 4 while the server restarts.
+    let Err(err) = s.remote.conn().await else { panic!("logged in although the server closed the connection") };
+    assert!(!err.is_access_error(), "taken for an access error: {err}");
+    assert!(err.to_string().contains("closed the connection during login"), "{err}");
+    // The next connect logs in (after the pool's connect backoff).
+    let ok = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            if let Ok(c) = s.remote.conn().await {
+                return c;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    assert!(ok.is_ok(), "never logged in after the dropped login");
+}

@@ -260,6 +260,12 @@ async fn open_ssh(s: &SftpSettings) -> Result<Handle<HostKeyCheck>, RemoteError>
         Ok(Ok(r)) => r,
     };
     if !result.success() {
+        // russh reports a connection that ended during login as a refused
+        // login: that is a server going away (retried), not bad credentials
+        // (which stop the daemon with exit 4).
+        if handle.is_closed() {
+            return Err(RemoteError::Connect { addr, reason: "the server closed the connection during login".into() });
+        }
         return Err(RemoteError::Auth { addr, user: s.username.clone() });
     }
     Ok(handle)

@@ -44,6 +44,8 @@ struct State {
     rereads: u64,
     /// Connections still to stall (see [`Faults::stall_handshakes`]).
     stall_handshakes: u32,
+    /// Logins still to answer by closing the connection (see [`Faults::drop_at_login`]).
+    drop_logins: u32,
 }
 
 /// What a lying server says (see [`Faults::lie`]).
@@ -66,6 +68,20 @@ impl Faults {
     /// that takes TCP and stalls the SSH handshake).
     pub fn stall_handshakes(&self, n: u32) {
         self.state().stall_handshakes = n;
+    }
+
+    /// The next `n` login attempts are answered by closing the connection (a
+    /// server that dies or restarts while a client logs in).
+    pub fn drop_at_login(&self, n: u32) {
+        self.state().drop_logins = n;
+    }
+
+    /// Whether this login attempt is to be answered by closing (counts it).
+    pub(crate) fn take_dropped_login(&self) -> bool {
+        let mut st = self.state();
+        let drop = st.drop_logins > 0;
+        st.drop_logins = st.drop_logins.saturating_sub(1);
+        drop
     }
 
     /// Whether the connection just accepted is to be stalled (counts it).

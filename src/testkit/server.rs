@@ -356,11 +356,17 @@ impl russh::server::Handler for SshHandler {
     type Error = russh::Error;
 
     async fn auth_password(&mut self, user: &str, password: &str) -> Result<Auth, Self::Error> {
+        if self.ctx.faults.take_dropped_login() {
+            return Err(russh::Error::Disconnect);
+        }
         let ok = user == self.ctx.username && self.ctx.password.as_deref() == Some(password);
         Ok(if ok { Auth::Accept } else { Auth::reject() })
     }
 
     async fn auth_publickey_offered(&mut self, user: &str, offer: PublicKeyOffer<'_>) -> Result<Auth, Self::Error> {
+        if self.ctx.faults.take_dropped_login() {
+            return Err(russh::Error::Disconnect);
+        }
         // Refuse unknown keys before the client bothers signing.
         let ok = self.ctx.key_allowed(user, offer.public_key);
         Ok(if ok { Auth::Accept } else { Auth::reject() })
