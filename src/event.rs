@@ -244,6 +244,15 @@ impl RemotePath {
         RemotePath { rel: self.rel.clone(), is_dir }
     }
 
+    /// The parent directory's relative path (empty for an entry of the root)
+    /// and the last component.
+    pub fn split_parent(&self) -> (&[u8], &[u8]) {
+        match self.rel.iter().rposition(|&b| b == b'/') {
+            Some(i) => (&self.rel[..i], &self.rel[i + 1..]),
+            None => (&[], &self.rel),
+        }
+    }
+
     /// Whether `self` is `other` or one of its ancestors or descendants; such
     /// paths must never be worked on at the same time (SPEC §2).
     pub fn overlaps(&self, other: &RemotePath) -> bool {
@@ -323,6 +332,13 @@ mod tests {
         assert_eq!(d.lossy(), "a/b");
         assert_eq!(d.to_wire(), "a/b/");
         assert!(!ok("a/b").is_dir());
+    }
+
+    #[test]
+    fn splits_into_parent_and_name() {
+        assert_eq!(ok("a/b/c.txt").split_parent(), (&b"a/b"[..], &b"c.txt"[..]));
+        assert_eq!(ok("top.txt").split_parent(), (&b""[..], &b"top.txt"[..]));
+        assert_eq!(ok("a/b/").split_parent(), (&b"a"[..], &b"b"[..]));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 mod common;
 
 mod demo;
+mod event_groups;
 mod events;
 mod faults;
 mod hooks;

@@ -247,7 +247,9 @@ impl Journal {
     /// # Errors
     /// On a database error.
     pub async fn hooks_outstanding(&self) -> Result<(Option<i64>, u64), JournalError> {
-        self.call(|c| {
+        // A query: on the reader, not through the writer and its fsync (the
+        // runner asks on every turn).
+        self.read(|c| {
             c.prepare_cached("SELECT MIN(next_at_ms), COUNT(*) FROM hooks WHERE status = 'pending'")?
                 .query_row([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))
         })

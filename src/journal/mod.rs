@@ -253,16 +253,8 @@ impl Journal {
         Ok(Journal { engine, max_attempts: max_attempts.max(1) })
     }
 
-    /// [`Engine::submit`]: `f` in the next group transaction, durable when it returns.
-    async fn submit<T, F>(&self, wait: bool, f: F) -> Result<T, JournalError>
-    where
-        T: Send + 'static,
-        F: FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
-    {
-        self.engine.submit(wait, Durability::Synced, f).await
-    }
-
-    /// [`Journal::submit`], waiting for room.
+    /// `f` in the next group transaction; returns once it is durable
+    /// (waiting for room in a full queue).
     async fn call<T, F>(&self, f: F) -> Result<T, JournalError>
     where
         T: Send + 'static,
@@ -298,43 +290,45 @@ impl Journal {
     /// # Errors
     /// [`JournalError`] when it could not be committed (answer `503`).
     pub async fn record(&self, ev: NewEvent) -> Result<Recorded, JournalError> {
-        self.submit(false, move |c| {
-            let now = now_ms();
-            // Cached statements: parsing the SQL text was the journal thread's
-            // largest cost at intake rates (perf).
-            let known: Option<String> = c
-                .prepare_cached("SELECT status FROM events WHERE event_id = ?1")?
-                .query_row(params![ev.event_id], |r| r.get(0))
-                .optional()?;
-            match known.as_deref() {
-                Some("failed") => {
-                    c.prepare_cached(
-                        "UPDATE events SET status = 'pending', attempts = 0, next_at_ms = 0, updated_ms = ?2
+        // Intake must not wait for room: a full queue is a `503` now.
+        self.engine
+            .submit(false, Durability::Synced, move |c| {
+                let now = now_ms();
+                // Cached statements: parsing the SQL text was the journal thread's
+                // largest cost at intake rates (perf).
+                let known: Option<String> = c
+                    .prepare_cached("SELECT status FROM events WHERE event_id = ?1")?
+                    .query_row(params![ev.event_id], |r| r.get(0))
+                    .optional()?;
+                match known.as_deref() {
+                    Some("failed") => {
+                        c.prepare_cached(
+                            "UPDATE events SET status = 'pending', attempts = 0, next_at_ms = 0, updated_ms = ?2
                          WHERE event_id = ?1",
-                    )?
-                    .execute(params![ev.event_id, now])?;
-                    Ok(Recorded::Requeued)
-                }
-                Some(_) => Ok(Recorded::Duplicate),
-                None => {
-                    let status = if ev.actionable { Status::Pending } else { Status::Ignored };
-                    c.prepare_cached(
-                        "INSERT INTO events (event_id, topic, path, received_ms, status, updated_ms, body)
+                        )?
+                        .execute(params![ev.event_id, now])?;
+                        Ok(Recorded::Requeued)
+                    }
+                    Some(_) => Ok(Recorded::Duplicate),
+                    None => {
+                        let status = if ev.actionable { Status::Pending } else { Status::Ignored };
+                        c.prepare_cached(
+                            "INSERT INTO events (event_id, topic, path, received_ms, status, updated_ms, body)
                          VALUES (?1, ?2, ?3, ?4, ?5, ?4, ?6)",
-                    )?
-                    .execute(params![
-                        ev.event_id,
-                        ev.topic,
-                        ev.path,
-                        now,
-                        status.as_str(),
-                        ev.body
-                    ])?;
-                    Ok(if ev.actionable { Recorded::Queued } else { Recorded::Ignored })
+                        )?
+                        .execute(params![
+                            ev.event_id,
+                            ev.topic,
+                            ev.path,
+                            now,
+                            status.as_str(),
+                            ev.body
+                        ])?;
+                        Ok(if ev.actionable { Recorded::Queued } else { Recorded::Ignored })
+                    }
                 }
-            }
-        })
-        .await
+            })
+            .await
     }
 
     /// Marks up to `limit` due `pending` rows `running`, oldest first, and returns them.
@@ -448,7 +442,7 @@ impl Journal {
     /// # Errors
     /// On a database error.
     pub async fn next_due_ms(&self) -> Result<Option<i64>, JournalError> {
-        self.call(|c| {
+        self.read(|c| {
             c.prepare_cached("SELECT MIN(next_at_ms) FROM events WHERE status = 'pending'")?.query_row([], |r| r.get(0))
         })
         .await

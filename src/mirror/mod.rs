@@ -34,6 +34,10 @@ const STAGING: &str = ".sftp-mirror/staging";
 /// command-line `reconcile`. Another one would delete the first one's staging
 /// files on start.
 const LOCK: &str = ".sftp-mirror/lock";
+/// Downloads of files this large or larger flush their staging file every
+/// this many bytes and record how far it is durable, so one interrupted by
+/// a crash resumes there; a smaller file is simply fetched again.
+pub const RESUMABLE_FROM: u64 = 16 << 20;
 
 /// A local operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -196,13 +200,11 @@ impl Mirror {
     /// # Errors
     /// When the trash folder cannot be created.
     pub fn use_trash(&mut self, keep: Duration) -> Result<(), MirrorError> {
-        // Opened read-only (no lock): nothing is created.
-        if self._lock.is_none() {
-            self.trash_keep = Some(keep);
-            return Ok(());
-        }
-        self.trash = Some(trash::Trash::open(&self.root, keep).map_err(err("create", TRASH))?);
         self.trash_keep = Some(keep);
+        // Opened read-only (no lock): nothing is created.
+        if self._lock.is_some() {
+            self.trash = Some(trash::Trash::open(&self.root).map_err(err("create", TRASH))?);
+        }
         Ok(())
     }
 
@@ -217,9 +219,9 @@ impl Mirror {
     /// # Errors
     /// On an I/O error.
     pub fn prune_trash(&self) -> Result<u64, MirrorError> {
-        match &self.trash {
-            Some(t) => t.prune(SystemTime::now()).map_err(err("prune", TRASH)),
-            None => Ok(0),
+        match (&self.trash, self.trash_keep) {
+            (Some(t), Some(keep)) => t.prune(SystemTime::now(), keep).map_err(err("prune", TRASH)),
+            _ => Ok(0),
         }
     }
 
@@ -247,6 +249,7 @@ impl Mirror {
     }
 
     /// The staging file for downloading `rel` (remote `size` bytes, `mtime`),
+    /// resumable from [`RESUMABLE_FROM`] bytes on,
     /// and how many leading bytes of it are already there and durable: an
     /// earlier, interrupted download of the same remote version (same size and
     /// mtime) resumes; another version starts from zero. Unlike
@@ -256,6 +259,18 @@ impl Mirror {
     /// On an I/O error.
     pub fn resumable_staging(&self, rel: &RemotePath, size: u64, mtime: u64) -> Result<(Staging, u64), MirrorError> {
         let name = partial_name(rel);
+        if size < RESUMABLE_FROM {
+            // Nothing of it can be durable before its commit: no record to
+            // keep (a small file's download was 5 more file system calls,
+            // 2 of them a create and an unlink, for nothing).
+            let file = self
+                .staging
+                .open_with(&name, OpenOptions::new().read(true).write(true).create(true).truncate(true))
+                .map_err(err("create staging file", STAGING))?
+                .into_std();
+            let staging = self.staging.try_clone().map_err(err("open", STAGING))?;
+            return Ok((Staging { name, file: Some(file), staging, committed: false, resume: None }, 0));
+        }
         let want = ResumeRecord { size, mtime };
         let have = self.staging.read_to_string(resume_name(&name)).ok().and_then(|t| ResumeRecord::decode(&t));
         let file = self

@@ -26,7 +26,6 @@ const MAX_SLOTS: u32 = 1000;
 #[derive(Debug)]
 pub struct Trash {
     dir: Dir,
-    keep: Duration,
 }
 
 /// `YYYY-MM-DD` (UTC) of `t`.
@@ -63,9 +62,9 @@ impl Trash {
     ///
     /// # Errors
     /// When the folder cannot be created.
-    pub fn open(root: &Dir, keep: Duration) -> io::Result<Trash> {
+    pub fn open(root: &Dir) -> io::Result<Trash> {
         root.create_dir_all(TRASH)?;
-        Ok(Trash { dir: root.open_dir(TRASH)?, keep })
+        Ok(Trash { dir: root.open_dir(TRASH)? })
     }
 
     /// Moves `rel` of the mirror `root` (a file or a whole directory tree)
@@ -125,19 +124,19 @@ impl Trash {
         Err(io::Error::other(format!("no free name in the trash for {} today", rel.display())))
     }
 
-    /// Removes each day folder whose last moment is older than the keep
-    /// duration; returns how many went.
+    /// Removes each day folder whose last moment is older than `keep`;
+    /// returns how many went.
     ///
     /// # Errors
     /// On an I/O error (folders removed before it stay removed).
-    pub fn prune(&self, now: SystemTime) -> io::Result<u64> {
+    pub fn prune(&self, now: SystemTime, keep: Duration) -> io::Result<u64> {
         let mut removed = 0;
         for ent in self.dir.entries()? {
             let ent = ent?;
             let Some(name) = ent.file_name().to_str().map(str::to_owned) else { continue };
             let Some(start) = day_of(&name) else { continue };
             let end = start + Duration::from_secs(86_400);
-            if end + self.keep <= now {
+            if end + keep <= now {
                 match ent.file_type()?.is_dir() {
                     true => self.dir.remove_dir_all(&name)?,
                     false => self.dir.remove_file(&name)?,
@@ -173,7 +172,7 @@ mod tests {
     #[test]
     fn the_same_path_twice_a_day_and_a_file_where_a_folder_must_be_get_their_own_slot() {
         let (t, d) = root();
-        let trash = Trash::open(&d, Duration::from_secs(86_400)).unwrap();
+        let trash = Trash::open(&d).unwrap();
         let now = humantime::parse_rfc3339("2026-12-04T10:00:00Z").unwrap();
         d.write("a", "first").unwrap();
         assert_eq!(trash.take(&d, Path::new("a"), now).unwrap(), Path::new("2026-12-04/a"));
@@ -194,7 +193,8 @@ mod tests {
     #[test]
     fn a_day_folder_goes_once_its_last_moment_is_older_than_the_keep_duration() {
         let (t, d) = root();
-        let trash = Trash::open(&d, Duration::from_secs(2 * 86_400)).unwrap();
+        let trash = Trash::open(&d).unwrap();
+        let keep = Duration::from_secs(2 * 86_400);
         let base = t.path().join(TRASH);
         for day in ["2026-12-01", "2026-12-01~1", "2026-12-02", "2026-12-03"] {
             std::fs::create_dir_all(base.join(day).join("x")).unwrap();
@@ -202,7 +202,7 @@ mod tests {
         std::fs::write(base.join("README"), "not ours to prune").unwrap();
         // 2026-12-01 ended at 12-02T00:00; with 2 days kept it goes at 12-04T00:00.
         let now = humantime::parse_rfc3339("2026-12-04T00:00:00Z").unwrap();
-        assert_eq!(trash.prune(now).unwrap(), 2);
+        assert_eq!(trash.prune(now, keep).unwrap(), 2);
         let left: std::collections::BTreeSet<String> =
             std::fs::read_dir(&base).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
         assert_eq!(left, ["2026-12-02", "2026-12-03", "README"].map(String::from).into());

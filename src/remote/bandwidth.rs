@@ -6,6 +6,7 @@
 //! each other's reservations and the sum stays at the rate, however many
 //! READs are in flight. The rate can change at any time (SIGHUP).
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 // Tokio's clock, so tests can run the pacing on paused time.
@@ -19,6 +20,9 @@ const BURST: Duration = Duration::from_millis(50);
 /// The shared budget. `Bandwidth::default()` is unlimited.
 #[derive(Debug, Default)]
 pub struct Bandwidth {
+    /// Whether a rate is set: every READ of every download asks, so the
+    /// unlimited case (the default) must not take the lock.
+    limited: AtomicBool,
     state: Mutex<State>,
 }
 
@@ -45,6 +49,7 @@ impl Bandwidth {
         s.rate = rate.filter(|&r| r > 0);
         s.available = s.available.min(0.0);
         s.last = Some(Instant::now());
+        self.limited.store(s.rate.is_some(), Ordering::Relaxed);
     }
 
     /// The rate in bytes per second, if limited.
@@ -54,6 +59,9 @@ impl Bandwidth {
 
     /// Waits until `n` more bytes may be asked for.
     pub async fn take(&self, n: u64) {
+        if !self.limited.load(Ordering::Relaxed) {
+            return;
+        }
         let wait = {
             let mut s = self.state.lock().expect("not poisoned");
             let Some(rate) = s.rate else { return };

@@ -26,7 +26,7 @@ const MAX_IN_FLIGHT: u64 = 256;
 /// Bytes written between background flushes of a large download: the final
 /// durability flush then has little left to write, and a download interrupted
 /// by a crash resumes from the last flushed prefix.
-const FLUSH_EVERY: u64 = 16 << 20;
+const FLUSH_EVERY: u64 = crate::mirror::RESUMABLE_FROM;
 
 /// How a download ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -20,7 +20,7 @@ pub use bandwidth::Bandwidth;
 pub use fetch::{download, DownloadError, Downloaded, Ledger, Progress};
 pub use session::{probe_host_key, verify_host_key, Conn, Remote};
 pub use sftp::StatusCode;
-pub use walk::{list_dir, RemoteDirEntry, MAX_DEPTH, MAX_DIR_ENTRIES};
+pub use walk::{list_dir, list_dir_upto, RemoteDirEntry, MAX_DEPTH, MAX_DIR_ENTRIES};
 
 use sftp::{Attrs, FileKind, SftpError};
 

@@ -44,6 +44,22 @@ fn bad_name(name: &[u8]) -> Option<&'static str> {
 /// A [`RemoteError`]; `NoSuchFile` when the directory is gone; a status error
 /// when the listing exceeds [`MAX_DIR_ENTRIES`].
 pub async fn list_dir(conn: &Conn, path: &[u8]) -> Result<Vec<RemoteDirEntry>, RemoteError> {
+    match list_dir_upto(conn, path, MAX_DIR_ENTRIES).await? {
+        Some(entries) => Ok(entries),
+        None => Err(RemoteError::Status {
+            path: super::shown(path),
+            code: super::StatusCode::Failure,
+            message: format!("the directory lists more than {MAX_DIR_ENTRIES} entries; not mirrored"),
+        }),
+    }
+}
+
+/// [`list_dir`] that gives up (`None`) once the directory shows more than
+/// `max` entries: for a caller that has a cheaper way to its answer then.
+///
+/// # Errors
+/// As [`list_dir`].
+pub async fn list_dir_upto(conn: &Conn, path: &[u8], max: usize) -> Result<Option<Vec<RemoteDirEntry>>, RemoteError> {
     let sftp = &conn.sftp;
     let handle = sftp.opendir(path).await.map_err(|e| RemoteError::from_sftp(path, e))?;
     let dir = super::shown(path);
@@ -66,22 +82,18 @@ pub async fn list_dir(conn: &Conn, path: &[u8]) -> Result<Vec<RemoteDirEntry>, R
                     }
                     out.push(RemoteDirEntry { entry: RemoteEntry::from_attrs(&f.attrs), name: f.name });
                 }
-                if out.len() > MAX_DIR_ENTRIES {
-                    break Err(RemoteError::Status {
-                        path: dir.clone(),
-                        code: super::StatusCode::Failure,
-                        message: format!("the directory lists more than {MAX_DIR_ENTRIES} entries; not mirrored"),
-                    });
+                if out.len() > max {
+                    break Ok(false);
                 }
             }
-            Ok(None) => break Ok(()),
+            Ok(None) => break Ok(true),
             Err(e) => break Err(RemoteError::from_sftp(path, e)),
         }
     };
     if !matches!(&result, Err(e) if e.is_transport()) {
         let _ = sftp.close(&handle).await;
     }
-    result.map(|()| out)
+    result.map(|complete| complete.then_some(out))
 }
 
 #[cfg(test)]

@@ -21,6 +21,34 @@ pub const EVENT_DELETE_FLOOR: u64 = 50;
 /// the connection dropped, before the apply fails (and is retried later).
 const ATTEMPTS: u32 = 3;
 
+/// Events on files of one directory from which it is listed once instead
+/// of an `lstat` per file (see [`Syncer::look_up`]).
+pub const LIST_MIN: usize = 8;
+
+/// Entries a directory may show for `n` events on its files to be listed
+/// for them: beyond, the `lstat`s are cheaper than the listing.
+pub fn list_bound(n: usize) -> usize {
+    16 * n + 128
+}
+
+/// What the remote said of some files of one directory ([`Syncer::look_up`]);
+/// `None`: each file is to be asked about alone.
+pub struct Lookup(Option<Result<Listed, RemoteError>>);
+
+/// What one listing says of a directory's files.
+enum Listed {
+    /// Its entries by name (empty: the directory is not there).
+    Entries(std::collections::HashMap<Vec<u8>, RemoteEntry>),
+    /// This ancestor is a symlink (or another special entry): not mirrored.
+    Symlinked(Vec<u8>),
+}
+
+/// The answer for `path` below the remote symlink `ancestor`.
+fn symlinked(path: &RemotePath, ancestor: &[u8]) -> Action {
+    tracing::info!(path = %path, ancestor = %String::from_utf8_lossy(ancestor), "not mirrored: a remote ancestor is a symlink");
+    Action::Skipped("a remote ancestor is a symlink")
+}
+
 /// What an apply did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -228,10 +256,94 @@ impl Syncer {
         // round trip): a symlink is never followed, as reconcile never descends one.
         let (remote, ancestors) = tokio::join!(self.remote.stat(path.as_bytes()), self.remote_ancestors(path));
         if let Some(a) = ancestors? {
-            tracing::info!(path = %path, ancestor = %String::from_utf8_lossy(a), "not mirrored: a remote ancestor is a symlink");
-            return Ok(Action::Skipped("a remote ancestor is a symlink"));
+            return Ok(symlinked(path, a));
         }
-        let remote = remote?;
+        self.apply_seen(path, remote?, since, guarded).await
+    }
+
+    /// Asks the remote once about the files of directory `dir` (relative;
+    /// empty = the root) that `n` events name, for
+    /// [`Syncer::apply_event_in`]. From [`LIST_MIN`] events on, the directory
+    /// is listed instead of an `lstat` per file: the listing is asked after
+    /// every one of them was received, so it answers each as currently as
+    /// its own `lstat` would (a directory of more than [`list_bound`]
+    /// entries is not listed).
+    pub async fn look_up(&self, dir: &[u8], n: usize) -> Lookup {
+        let listed = if n >= LIST_MIN { self.list_for(dir, n).await } else { None };
+        tracing::debug!(dir = %String::from_utf8_lossy(dir), files = n, listed = listed.is_some(), "files of one directory");
+        Lookup(listed)
+    }
+
+    /// [`Syncer::apply_event`] for file `path` of the directory that `lookup`
+    /// was made for, answered from it where it can.
+    ///
+    /// # Errors
+    /// As [`Syncer::apply`].
+    pub async fn apply_event_in(
+        &self,
+        lookup: &Lookup,
+        path: &RemotePath,
+        since: Option<i64>,
+        guarded: bool,
+    ) -> Result<Action, ApplyError> {
+        match &lookup.0 {
+            None => self.apply_event(path, since, guarded).await,
+            Some(_) if !self.filter.allows(path) => Ok(Action::Skipped("excluded by include/exclude")),
+            Some(Ok(Listed::Entries(map))) => {
+                let now = map.get(path.split_parent().1).copied();
+                self.apply_seen(path, now, since, guarded).await
+            }
+            Some(Ok(Listed::Symlinked(a))) => Ok(symlinked(path, a)),
+            Some(Err(e)) => Err(ApplyError::Remote(e.clone())),
+        }
+    }
+
+    /// Lists directory `dir` for `n` events on its files, with its ancestors'
+    /// `lstat`s alongside (a symlink is never followed). `None`: answer each
+    /// event alone (the directory is large, or cannot be listed while its
+    /// files may still be stat'ed).
+    async fn list_for(&self, dir: &[u8], n: usize) -> Option<Result<Listed, RemoteError>> {
+        let rpath = self.remote.path_of(dir);
+        let max = list_bound(n);
+        let listing = self.remote.with_retry(|c| {
+            let rpath = rpath.clone();
+            async move { crate::remote::list_dir_upto(&c, &rpath, max).await }
+        });
+        // Every ancestor of the files: the directory itself and those above it.
+        let prefixes: Vec<&[u8]> = match dir.is_empty() {
+            true => Vec::new(),
+            false => dir.iter().enumerate().filter(|(_, &c)| c == b'/').map(|(i, _)| &dir[..i]).chain([dir]).collect(),
+        };
+        let (listing, stats) =
+            tokio::join!(listing, futures::future::join_all(prefixes.iter().map(|p| self.remote.stat(p))));
+        for (p, st) in prefixes.iter().zip(stats) {
+            match st {
+                Ok(Some(e)) if e.kind == RemoteKind::Dir => {}
+                Ok(Some(e)) if e.kind == RemoteKind::Other => return Some(Ok(Listed::Symlinked(p.to_vec()))),
+                // A file or nothing where a directory must be: no file below it exists.
+                Ok(_) => return Some(Ok(Listed::Entries(Default::default()))),
+                Err(e) => return Some(Err(e)),
+            }
+        }
+        match listing {
+            Ok(Some(entries)) => Some(Ok(Listed::Entries(entries.into_iter().map(|e| (e.name, e.entry)).collect()))),
+            Ok(None) => None,
+            Err(e) if e.is_not_found() => Some(Ok(Listed::Entries(Default::default()))),
+            Err(e) if e.is_transport() => Some(Err(e)),
+            // Not listable (permissions, a server's limit): the files may still be stat'ed.
+            Err(_) => None,
+        }
+    }
+
+    /// [`Syncer::apply_event`] once the remote was asked: `remote` is what
+    /// `path` is now.
+    async fn apply_seen(
+        &self,
+        path: &RemotePath,
+        remote: Option<RemoteEntry>,
+        since: Option<i64>,
+        guarded: bool,
+    ) -> Result<Action, ApplyError> {
         if guarded && remote.is_none() {
             let (m, p) = (self.mirror.clone(), path.with_dir(true));
             let local =

@@ -40,7 +40,7 @@ pub async fn run(
 ) {
     let mut schedule = Schedule::default();
     let mut next_due: Option<i64> = None;
-    let mut tasks: tokio::task::JoinSet<Done> = tokio::task::JoinSet::new();
+    let mut tasks: tokio::task::JoinSet<Vec<Done>> = tokio::task::JoinSet::new();
     // After a failed claim: how long to wait before the next (doubling).
     let mut claim_backoff: Option<Duration> = None;
     // Whether the journal may hold rows we have not claimed: after intake's
@@ -82,25 +82,50 @@ pub async fn run(
         tokio::pin!(released);
         released.as_mut().enable();
         let free = concurrency.saturating_sub(tasks.len());
-        for (batch, guard) in schedule.start(free, |p| syncer.locks.try_lock(p)) {
+        for task in schedule.start(free, |p| syncer.locks.try_lock(p)) {
             let syncer = syncer.clone();
-            let span = tracing::info_span!("apply", event = %batch.event_id, path = %batch.path);
-            tasks.spawn(tracing::Instrument::instrument(
-                async move {
-                    let Batch { seqs, event_id, path, since, forced } = batch;
-                    // The hooks of the changes it makes name this event.
-                    let apply = crate::hooks::EVENT_ID.scope(event_id, syncer.apply_event(&path, since, !forced));
-                    // A panic (a bug) must not keep its rows `running` and its
-                    // slot taken until a restart: it is an error like any other.
-                    let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(apply))
-                        .await
-                        .unwrap_or_else(|_| Err(ApplyError::Internal("the apply panicked".into())));
-                    syncer.count("event", &result);
-                    drop(guard);
-                    Done { seqs, result }
-                },
-                span,
-            ));
+            tasks.spawn(async move {
+                // Files of one directory (a burst of uploads): one look at the remote for all.
+                let lookup = match &task[..] {
+                    [_] => None,
+                    [(first, _), ..] => Some(syncer.look_up(first.path.split_parent().0, task.len()).await),
+                    [] => None,
+                };
+                let lookup = lookup.as_ref();
+                let applies = task.into_iter().map(|(batch, guard)| {
+                    let syncer = &syncer;
+                    let span = tracing::info_span!("apply", event = %batch.event_id, path = %batch.path);
+                    tracing::Instrument::instrument(
+                        async move {
+                            let Batch { seqs, event_id, path, since, forced } = batch;
+                            let apply = async {
+                                match lookup {
+                                    Some(l) => syncer.apply_event_in(l, &path, since, !forced).await,
+                                    None => syncer.apply_event(&path, since, !forced).await,
+                                }
+                            };
+                            // The hooks of the changes it makes name this event.
+                            let apply = crate::hooks::EVENT_ID.scope(event_id, apply);
+                            // A panic (a bug) must not keep its rows `running` and its
+                            // slot taken until a restart: it is an error like any other.
+                            let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(apply))
+                                .await
+                                .unwrap_or_else(|_| Err(ApplyError::Internal("the apply panicked".into())));
+                            syncer.count("event", &result);
+                            drop(guard);
+                            Done { seqs, result }
+                        },
+                        span,
+                    )
+                });
+                // A group runs as many at once as the daemon's slots (the
+                // transfers themselves are bounded by `mirror.concurrency`).
+                futures::StreamExt::collect(futures::StreamExt::buffer_unordered(
+                    futures::stream::iter(applies),
+                    concurrency,
+                ))
+                .await
+            });
         }
 
         // Rows held back by a lock wait for its release (a completion here, or
@@ -119,7 +144,8 @@ pub async fn run(
                     ready.push(done);
                 }
                 // Recorded together: one journal transaction for all of them.
-                let retried = futures::future::join_all(ready.into_iter().map(|d| finish(&journal, &syncer, d))).await;
+                let ready = ready.into_iter().filter_map(Result::ok).flatten();
+                let retried = futures::future::join_all(ready.map(|d| finish(&journal, &syncer, d))).await;
                 may_have_rows |= retried.into_iter().any(|r| r);
             }
             _ = &mut released, if !schedule.is_empty() => {}
@@ -134,7 +160,10 @@ pub async fn run(
     while !tasks.is_empty() {
         tokio::select! {
             Some(done) = tasks.join_next() => {
-                finish(&journal, &syncer, done).await;
+                // An aborted task's rows stay `running` and resume at the next start.
+                for d in done.into_iter().flatten() {
+                    finish(&journal, &syncer, d).await;
+                }
             }
             _ = &mut deadline => {
                 tracing::warn!(running = tasks.len(), "shutdown deadline reached; unfinished events stay in the journal");
@@ -147,26 +176,24 @@ pub async fn run(
 
 /// Records a batch's outcome; returns whether its rows went back to `pending`
 /// (a retry is due later: the loop must look at the journal's due times again).
-async fn finish(journal: &Journal, syncer: &Syncer, done: Result<Done, tokio::task::JoinError>) -> bool {
-    // An apply task only ends early when aborted at shutdown: its rows stay
-    // `running` and resume at the next start.
-    let Ok(d) = done else { return false };
-    let retried = matches!(&d.result, Err(e) if !matches!(e, ApplyError::Held(_)));
-    let r = match d.result.map_err(|e| (matches!(e, ApplyError::Held(_)), e.to_string())) {
+/// (An apply task only ends early when aborted at shutdown: its rows stay
+/// `running` and resume at the next start.)
+async fn finish(journal: &Journal, syncer: &Syncer, d: Done) -> bool {
+    let (r, retried) = match d.result {
         Ok(action) => {
             // The change itself was logged where it happened (see `Syncer`).
             tracing::debug!(events = d.seqs.len(), "applied: {action}");
-            journal.complete(d.seqs, action.to_string()).await
+            (journal.complete(d.seqs, action.to_string()).await, false)
         }
-        Err((true, e)) => {
+        Err(e @ ApplyError::Held(_)) => {
             syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(error = %e, "event held");
-            journal.hold(d.seqs, e).await
+            (journal.hold(d.seqs, e.to_string()).await, false)
         }
-        Err((false, e)) => {
+        Err(e) => {
             syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             tracing::warn!(error = %e, "apply failed; will retry");
-            journal.fail(d.seqs, e).await
+            (journal.fail(d.seqs, e.to_string()).await, true)
         }
     };
     if let Err(e) = r {

@@ -8,6 +8,6 @@ pub mod locks;
 pub mod reconcile;
 pub mod schedule;
 
-pub use apply::{Action, ApplyError, Syncer};
+pub use apply::{list_bound, Action, ApplyError, Lookup, Syncer, LIST_MIN};
 pub use filter::Filter;
 pub use locks::PathLocks;

@@ -11,6 +11,9 @@ use crate::event::RemotePath;
 use crate::journal::Job;
 use std::collections::VecDeque;
 
+/// File batches of one directory started as one task at most.
+pub const GROUP_MAX: usize = 256;
+
 /// Rows applied together: one path, one apply.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Batch {
@@ -49,11 +52,14 @@ impl Schedule {
         self.queue.is_empty()
     }
 
-    /// Takes up to `free` batches that may start now. `lock` is asked for
-    /// each candidate's path and returns the caller's guard, or `None` when
-    /// overlapping work is under way; the guard travels with its batch.
-    pub fn start<G>(&mut self, free: usize, mut lock: impl FnMut(&RemotePath) -> Option<G>) -> Vec<(Batch, G)> {
-        let mut out = Vec::new();
+    /// Takes up to `free` tasks that may start now. A task is one batch, or
+    /// several batches for files of one directory (at most [`GROUP_MAX`]),
+    /// which the caller may answer with one listing of that directory.
+    /// `lock` is asked for each candidate's path and returns the caller's
+    /// guard, or `None` when overlapping work is under way; the guard travels
+    /// with its batch.
+    pub fn start<G>(&mut self, free: usize, mut lock: impl FnMut(&RemotePath) -> Option<G>) -> Vec<Vec<(Batch, G)>> {
+        let mut out: Vec<Vec<(Batch, G)>> = Vec::new();
         // Paths of rows passed over: a later row overlapping one of them waits behind it.
         let mut waiting: Vec<RemotePath> = Vec::new();
         let mut i = 0;
@@ -69,40 +75,118 @@ impl Schedule {
                 i += 1;
                 continue;
             };
-            let (job, path) = self.queue.remove(i).expect("index checked");
-            let mut batch = Batch {
-                seqs: vec![job.seq],
-                event_id: job.event_id,
-                since: job.created.then_some(job.received_ms),
-                forced: job.forced,
-                path,
-            };
-            // Fold the later rows for the same path, up to the first row on an
-            // overlapping but different path (whose order relative to them
-            // matters); rows on unrelated paths in between do not matter.
-            let mut j = i;
-            while let Some((next, p)) = self.queue.get(j) {
-                if p == &batch.path {
-                    batch.seqs.push(next.seq);
-                    if next.created {
-                        batch.since = batch.since.max(Some(next.received_ms));
-                    }
-                    batch.forced |= next.forced;
-                    self.queue.remove(j);
-                } else if p.overlaps(&batch.path) {
-                    break;
-                } else {
+            let first = self.take(i);
+            let mut task = vec![(first, guard)];
+            if !task[0].0.path.is_dir() {
+                self.gather(i, &mut task, &waiting, &mut lock);
+            }
+            out.push(task);
+        }
+        out
+    }
+
+    /// Adds to `task` (a file batch) the later rows for other files of the
+    /// same directory that may start now, from queue index `from` on. A row
+    /// passed over here holds back the later rows that overlap it, as in
+    /// [`Schedule::start`].
+    fn gather<G>(
+        &mut self,
+        from: usize,
+        task: &mut Vec<(Batch, G)>,
+        waiting: &[RemotePath],
+        lock: &mut impl FnMut(&RemotePath) -> Option<G>,
+    ) {
+        let dir = task[0].0.path.split_parent().0.to_vec();
+        // What holds back a file `dir/x`: a row passed over on `dir` or an
+        // ancestor (all of them), or on `dir/x` or below it (that name only).
+        let mut blocked = Blocked::default();
+        for w in waiting {
+            blocked.add(&dir, w);
+        }
+        let mut j = from;
+        while task.len() < GROUP_MAX && j < self.queue.len() {
+            let path = &self.queue[j].1;
+            let (parent, name) = path.split_parent();
+            let free = !path.is_dir() && parent == &dir[..] && !blocked.holds(name);
+            let guard = if free { lock(path) } else { None };
+            match guard {
+                Some(guard) => {
+                    let batch = self.take(j);
+                    task.push((batch, guard));
+                }
+                None => {
+                    blocked.add(&dir, path);
                     j += 1;
                 }
             }
-            out.push((batch, guard));
         }
-        out
+    }
+
+    /// Removes row `i` as a batch, folding into it the later rows for the
+    /// same path up to the first row on an overlapping but different path
+    /// (whose order relative to them matters); rows on unrelated paths in
+    /// between do not matter.
+    fn take(&mut self, i: usize) -> Batch {
+        let (job, path) = self.queue.remove(i).expect("index checked");
+        let mut batch = Batch {
+            seqs: vec![job.seq],
+            event_id: job.event_id,
+            since: job.created.then_some(job.received_ms),
+            forced: job.forced,
+            path,
+        };
+        let mut j = i;
+        while let Some((next, p)) = self.queue.get(j) {
+            if p == &batch.path {
+                batch.seqs.push(next.seq);
+                if next.created {
+                    batch.since = batch.since.max(Some(next.received_ms));
+                }
+                batch.forced |= next.forced;
+                self.queue.remove(j);
+            } else if p.overlaps(&batch.path) {
+                break;
+            } else {
+                j += 1;
+            }
+        }
+        batch
     }
 
     /// Empties the queue; returns the rows' seqs (to hand back at shutdown).
     pub fn drain(&mut self) -> Vec<i64> {
         self.queue.drain(..).map(|(j, _)| j.seq).collect()
+    }
+}
+
+/// Rows passed over, as far as they matter to files of one directory.
+#[derive(Default)]
+struct Blocked {
+    /// The directory itself or one of its ancestors.
+    all: bool,
+    /// First components below the directory.
+    names: std::collections::HashSet<Vec<u8>>,
+}
+
+impl Blocked {
+    /// Records `path`, passed over, for the files of `dir` ("" = the root).
+    fn add(&mut self, dir: &[u8], path: &RemotePath) {
+        let p = path.as_bytes();
+        let below = if dir.is_empty() { Some(p) } else { p.strip_prefix(dir).and_then(|r| r.strip_prefix(b"/")) };
+        match below {
+            Some(rest) => {
+                let name = rest.split(|&b| b == b'/').next().unwrap_or(rest);
+                self.names.insert(name.to_vec());
+            }
+            // `dir` itself or an ancestor (a prefix of it at a component end).
+            None if dir.starts_with(p) && (dir.len() == p.len() || dir[p.len()] == b'/') => self.all = true,
+            None => {}
+        }
+    }
+
+    /// Whether the file `dir/name` must wait.
+    fn holds(&self, name: &[u8]) -> bool {
+        self.all || self.names.contains(name)
     }
 }
 
@@ -133,8 +217,9 @@ mod tests {
         s
     }
 
-    /// Starts with a lock table of paths held by others; returns (path, seqs) per batch.
-    fn start(s: &mut Schedule, free: usize, held: &[&str]) -> Vec<(String, Vec<i64>)> {
+    /// Starts with a lock table of paths held by others; returns the tasks,
+    /// each as (path, seqs) per batch.
+    fn tasks(s: &mut Schedule, free: usize, held: &[&str]) -> Vec<Vec<(String, Vec<i64>)>> {
         let held: Vec<RemotePath> = held.iter().map(|p| RemotePath::parse(p).unwrap()).collect();
         let mut taken: Vec<RemotePath> = Vec::new();
         s.start(free, |p| {
@@ -145,8 +230,13 @@ mod tests {
             Some(())
         })
         .into_iter()
-        .map(|(b, ())| (b.path.lossy().into_owned(), b.seqs))
+        .map(|t| t.into_iter().map(|(b, ())| (b.path.lossy().into_owned(), b.seqs)).collect())
         .collect()
+    }
+
+    /// [`tasks`], the batches of all tasks in order.
+    fn start(s: &mut Schedule, free: usize, held: &[&str]) -> Vec<(String, Vec<i64>)> {
+        tasks(s, free, held).into_iter().flatten().collect()
     }
 
     #[test]
@@ -177,7 +267,7 @@ mod tests {
         for j in [j1, j2, j3] {
             s.push(j, p.clone());
         }
-        let b = s.start(1, |_| Some(())).remove(0).0;
+        let b = s.start(1, |_| Some(())).remove(0).remove(0).0;
         assert_eq!((b.seqs, b.since, b.forced, b.event_id.as_str()), (vec![1, 2, 3], Some(30), true, "e1"));
     }
 
@@ -193,11 +283,51 @@ mod tests {
     }
 
     #[test]
-    fn no_more_than_free_batches_start_and_order_is_kept() {
-        let mut s = schedule(&[(1, "a", true), (2, "b", true), (3, "c", true)]);
-        assert_eq!(start(&mut s, 2, &[]), vec![("a".into(), vec![1]), ("b".into(), vec![2])]);
+    fn no_more_than_free_tasks_start_and_order_is_kept() {
+        let mut s = schedule(&[(1, "a/f", true), (2, "b/f", true), (3, "c/f", true)]);
+        assert_eq!(start(&mut s, 2, &[]), vec![("a/f".into(), vec![1]), ("b/f".into(), vec![2])]);
         assert_eq!(s.drain(), vec![3]);
         assert!(s.is_empty());
+    }
+
+    #[test]
+    fn files_of_one_directory_start_as_one_task() {
+        let mut s = schedule(&[
+            (1, "d/a", true),
+            (2, "e/x", true),
+            (3, "d/b", false),
+            (4, "d/a", true),
+            (5, "d/sub/", false),
+            (6, "d/c", true),
+            (7, "d/sub/y", true),
+        ]);
+        // d/a (1, 4 folded), d/b and d/c together; d/sub/ is a directory event
+        // and d/sub/y another directory's file: tasks of their own (y behind sub/).
+        assert_eq!(
+            tasks(&mut s, 10, &[]),
+            vec![
+                vec![("d/a".into(), vec![1, 4]), ("d/b".into(), vec![3]), ("d/c".into(), vec![6])],
+                vec![("e/x".into(), vec![2])],
+                vec![("d/sub".into(), vec![5])],
+            ]
+        );
+        assert_eq!(start(&mut s, 10, &[]), vec![("d/sub/y".into(), vec![7])]);
+    }
+
+    #[test]
+    fn a_group_keeps_order_behind_rows_it_passes_over() {
+        // d/ (a directory event) waits behind a lock; the files after it wait
+        // behind it, and so does d/b behind d/b/c (a path below it).
+        let mut s = schedule(&[(1, "d/a", true), (2, "d/b/c", true), (3, "d/b", true), (4, "d/e", true)]);
+        assert_eq!(tasks(&mut s, 10, &["d/b/c"]), vec![vec![("d/a".into(), vec![1]), ("d/e".into(), vec![4])]]);
+        let mut s = schedule(&[(1, "d/a", true), (2, "d/", false), (3, "d/e", true)]);
+        assert_eq!(tasks(&mut s, 10, &[]), vec![vec![("d/a".into(), vec![1])]]);
+        // At the root, every row below counts by its first component.
+        let mut s = schedule(&[(1, "a", true), (2, "b/x", true), (3, "b", true), (4, "c", true)]);
+        assert_eq!(
+            tasks(&mut s, 10, &[]),
+            vec![vec![("a".into(), vec![1]), ("c".into(), vec![4])], vec![("b/x".into(), vec![2])]]
+        );
     }
 
     #[test]

@@ -46,6 +46,8 @@ struct State {
     stall_handshakes: u32,
     /// Logins still to answer by closing the connection (see [`Faults::drop_at_login`]).
     drop_logins: u32,
+    /// Requests seen, by family (see [`Faults::requests`]).
+    seen: std::collections::HashMap<Request, u64>,
 }
 
 /// What a lying server says (see [`Faults::lie`]).
@@ -78,19 +80,20 @@ impl Faults {
 
     /// Whether this login attempt is to be answered by closing (counts it).
     pub(crate) fn take_dropped_login(&self) -> bool {
-        let mut st = self.state();
-        let drop = st.drop_logins > 0;
-        st.drop_logins = st.drop_logins.saturating_sub(1);
-        drop
+        take_one(&mut self.state().drop_logins)
     }
 
     /// Whether the connection just accepted is to be stalled (counts it).
     pub(crate) fn take_stalled_handshake(&self) -> bool {
-        let mut st = self.state();
-        let stall = st.stall_handshakes > 0;
-        st.stall_handshakes = st.stall_handshakes.saturating_sub(1);
-        stall
+        take_one(&mut self.state().stall_handshakes)
     }
+}
+
+/// Counts one down from `left`; whether there was one to take.
+fn take_one(left: &mut u32) -> bool {
+    let had = *left > 0;
+    *left = left.saturating_sub(1);
+    had
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -207,9 +210,18 @@ impl Faults {
         self.state().delay
     }
 
-    /// The status a request of kind `op` on `path` must fail with, if any.
+    /// The status a request of kind `op` on `path` must fail with, if any
+    /// (every request asks: it is counted here).
     pub(crate) fn failure_for(&self, op: Request, path: &str) -> Option<StatusCode> {
-        self.state().failures.iter().find(|r| r.op == op && path.contains(&r.needle)).map(|r| r.status)
+        let mut st = self.state();
+        *st.seen.entry(op).or_default() += 1;
+        st.failures.iter().find(|r| r.op == op && path.contains(&r.needle)).map(|r| r.status)
+    }
+
+    /// Requests of family `op` the server has answered so far, all
+    /// connections together (what a client cost the server).
+    pub fn requests(&self, op: Request) -> u64 {
+        self.state().seen.get(&op).copied().unwrap_or(0)
     }
 
     /// The largest READ reply currently allowed by [`Faults::short_reads`].
