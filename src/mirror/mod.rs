@@ -259,36 +259,34 @@ impl Mirror {
     /// On an I/O error.
     pub fn resumable_staging(&self, rel: &RemotePath, size: u64, mtime: u64) -> Result<(Staging, u64), MirrorError> {
         let name = partial_name(rel);
-        if size < RESUMABLE_FROM {
-            // Nothing of it can be durable before its commit: no record to
-            // keep (a small file's download was 5 more file system calls,
-            // 2 of them a create and an unlink, for nothing).
-            let file = self
-                .staging
-                .open_with(&name, OpenOptions::new().read(true).write(true).create(true).truncate(true))
-                .map_err(err("create staging file", STAGING))?
-                .into_std();
-            let staging = self.staging.try_clone().map_err(err("open", STAGING))?;
-            return Ok((Staging { name, file: Some(file), staging, committed: false, resume: None }, 0));
-        }
-        let want = ResumeRecord { size, mtime };
-        let have = self.staging.read_to_string(resume_name(&name)).ok().and_then(|t| ResumeRecord::decode(&t));
+        // A smaller file has nothing durable before its commit: no record to
+        // keep (it cost 5 file system calls a download, a create and an
+        // unlink among them, for nothing).
+        let want = (size >= RESUMABLE_FROM).then_some(ResumeRecord { size, mtime });
+        let have = want.and_then(|_| self.staging.read_to_string(resume_name(&name)).ok());
+        let have = have.and_then(|t| ResumeRecord::decode(&t));
         let file = self
             .staging
-            .open_with(&name, OpenOptions::new().read(true).write(true).create(true).truncate(false))
+            .open_with(&name, OpenOptions::new().read(true).write(true).create(true).truncate(want.is_none()))
             .map_err(err("create staging file", STAGING))?
             .into_std();
-        let on_disk = file.metadata().map_err(err("stat staging file", STAGING))?.len();
-        let resume_from = match have {
-            Some((r, durable)) if r == want && durable <= on_disk => durable,
+        let resume_from = match (want, have) {
+            (Some(w), Some((r, durable))) if r == w => {
+                let on_disk = file.metadata().map_err(err("stat staging file", STAGING))?.len();
+                if durable <= on_disk {
+                    durable
+                } else {
+                    0
+                }
+            }
             _ => 0,
         };
-        if resume_from == 0 {
+        if let (Some(w), 0) = (want, resume_from) {
             file.set_len(0).map_err(err("truncate staging file", STAGING))?;
-            self.staging.write(resume_name(&name), want.encode(0)).map_err(err("write", STAGING))?;
+            self.staging.write(resume_name(&name), w.encode(0)).map_err(err("write", STAGING))?;
         }
         let staging = self.staging.try_clone().map_err(err("open", STAGING))?;
-        Ok((Staging { name, file: Some(file), staging, committed: false, resume: Some(want) }, resume_from))
+        Ok((Staging { name, file: Some(file), staging, committed: false, resume: want }, resume_from))
     }
 
     /// Drops an interrupted download of `rel`, if there is one: the remote has

@@ -31,16 +31,26 @@ pub fn list_bound(n: usize) -> usize {
     16 * n + 128
 }
 
-/// What the remote said of some files of one directory ([`Syncer::look_up`]);
-/// `None`: each file is to be asked about alone.
-pub struct Lookup(Option<Result<Listed, RemoteError>>);
-
-/// What one listing says of a directory's files.
-enum Listed {
-    /// Its entries by name (empty: the directory is not there).
+/// What the remote said of some files of one directory ([`Syncer::look_up`]).
+pub enum Lookup {
+    /// Nothing asked: each file is asked about alone.
+    EachAlone,
+    /// The directory's entries by name (empty: the directory is not there).
     Entries(std::collections::HashMap<Vec<u8>, RemoteEntry>),
     /// This ancestor is a symlink (or another special entry): not mirrored.
     Symlinked(Vec<u8>),
+    /// The connection failed: every file's apply fails (and is retried).
+    Failed(RemoteError),
+}
+
+/// What the ancestors of a path are on the remote.
+enum Ancestry<'p> {
+    /// All directories.
+    Dirs,
+    /// This one is a symlink (or another special entry).
+    Symlink(&'p [u8]),
+    /// One is a file or missing: nothing below it exists.
+    Broken,
 }
 
 /// The answer for `path` below the remote symlink `ancestor`.
@@ -254,10 +264,11 @@ impl Syncer {
         // remote symlink `a` is whatever `a` points to, outside the remote root
         // possibly. Check the ancestors together with the path itself (no extra
         // round trip): a symlink is never followed, as reconcile never descends one.
-        let (remote, ancestors) = tokio::join!(self.remote.stat(path.as_bytes()), self.remote_ancestors(path));
-        if let Some(a) = ancestors? {
+        let (remote, ancestry) = tokio::join!(self.remote.stat(path.as_bytes()), self.ancestry(path.split_parent().0));
+        if let Ancestry::Symlink(a) = ancestry? {
             return Ok(symlinked(path, a));
         }
+        // Below a file or a missing directory, the path's own stat says it is gone.
         self.apply_seen(path, remote?, since, guarded).await
     }
 
@@ -269,9 +280,13 @@ impl Syncer {
     /// its own `lstat` would (a directory of more than [`list_bound`]
     /// entries is not listed).
     pub async fn look_up(&self, dir: &[u8], n: usize) -> Lookup {
-        let listed = if n >= LIST_MIN { self.list_for(dir, n).await } else { None };
-        tracing::debug!(dir = %String::from_utf8_lossy(dir), files = n, listed = listed.is_some(), "files of one directory");
-        Lookup(listed)
+        if n < LIST_MIN {
+            return Lookup::EachAlone;
+        }
+        let lookup = self.list_for(dir, n).await;
+        let listed = !matches!(lookup, Lookup::EachAlone);
+        tracing::debug!(dir = %String::from_utf8_lossy(dir), files = n, listed, "files of one directory");
+        lookup
     }
 
     /// [`Syncer::apply_event`] for file `path` of the directory that `lookup`
@@ -286,52 +301,44 @@ impl Syncer {
         since: Option<i64>,
         guarded: bool,
     ) -> Result<Action, ApplyError> {
-        match &lookup.0 {
-            None => self.apply_event(path, since, guarded).await,
-            Some(_) if !self.filter.allows(path) => Ok(Action::Skipped("excluded by include/exclude")),
-            Some(Ok(Listed::Entries(map))) => {
+        match lookup {
+            Lookup::EachAlone => self.apply_event(path, since, guarded).await,
+            _ if !self.filter.allows(path) => Ok(Action::Skipped("excluded by include/exclude")),
+            Lookup::Entries(map) => {
                 let now = map.get(path.split_parent().1).copied();
                 self.apply_seen(path, now, since, guarded).await
             }
-            Some(Ok(Listed::Symlinked(a))) => Ok(symlinked(path, a)),
-            Some(Err(e)) => Err(ApplyError::Remote(e.clone())),
+            Lookup::Symlinked(a) => Ok(symlinked(path, a)),
+            Lookup::Failed(e) => Err(ApplyError::Remote(e.clone())),
         }
     }
 
     /// Lists directory `dir` for `n` events on its files, with its ancestors'
-    /// `lstat`s alongside (a symlink is never followed). `None`: answer each
-    /// event alone (the directory is large, or cannot be listed while its
-    /// files may still be stat'ed).
-    async fn list_for(&self, dir: &[u8], n: usize) -> Option<Result<Listed, RemoteError>> {
+    /// `lstat`s alongside (a symlink is never followed). [`Lookup::EachAlone`]
+    /// when the directory is large, or cannot be listed while its files may
+    /// still be stat'ed.
+    async fn list_for(&self, dir: &[u8], n: usize) -> Lookup {
         let rpath = self.remote.path_of(dir);
         let max = list_bound(n);
         let listing = self.remote.with_retry(|c| {
             let rpath = rpath.clone();
             async move { crate::remote::list_dir_upto(&c, &rpath, max).await }
         });
-        // Every ancestor of the files: the directory itself and those above it.
-        let prefixes: Vec<&[u8]> = match dir.is_empty() {
-            true => Vec::new(),
-            false => dir.iter().enumerate().filter(|(_, &c)| c == b'/').map(|(i, _)| &dir[..i]).chain([dir]).collect(),
-        };
-        let (listing, stats) =
-            tokio::join!(listing, futures::future::join_all(prefixes.iter().map(|p| self.remote.stat(p))));
-        for (p, st) in prefixes.iter().zip(stats) {
-            match st {
-                Ok(Some(e)) if e.kind == RemoteKind::Dir => {}
-                Ok(Some(e)) if e.kind == RemoteKind::Other => return Some(Ok(Listed::Symlinked(p.to_vec()))),
-                // A file or nothing where a directory must be: no file below it exists.
-                Ok(_) => return Some(Ok(Listed::Entries(Default::default()))),
-                Err(e) => return Some(Err(e)),
-            }
+        // The files' ancestors: the directory itself and those above it.
+        let (listing, ancestry) = tokio::join!(listing, self.ancestry(dir));
+        match ancestry {
+            Err(e) => return Lookup::Failed(e),
+            Ok(Ancestry::Symlink(a)) => return Lookup::Symlinked(a.to_vec()),
+            Ok(Ancestry::Broken) => return Lookup::Entries(Default::default()),
+            Ok(Ancestry::Dirs) => {}
         }
         match listing {
-            Ok(Some(entries)) => Some(Ok(Listed::Entries(entries.into_iter().map(|e| (e.name, e.entry)).collect()))),
-            Ok(None) => None,
-            Err(e) if e.is_not_found() => Some(Ok(Listed::Entries(Default::default()))),
-            Err(e) if e.is_transport() => Some(Err(e)),
+            Ok(Some(entries)) => Lookup::Entries(entries.into_iter().map(|e| (e.name, e.entry)).collect()),
+            Ok(None) => Lookup::EachAlone,
+            Err(e) if e.is_not_found() => Lookup::Entries(Default::default()),
+            Err(e) if e.is_transport() => Lookup::Failed(e),
             // Not listable (permissions, a server's limit): the files may still be stat'ed.
-            Err(_) => None,
+            Err(_) => Lookup::EachAlone,
         }
     }
 
@@ -442,21 +449,22 @@ impl Syncer {
         Ok(())
     }
 
-    /// The first ancestor of `path` that is a symlink (or another special
-    /// entry) on the remote, if any.
-    async fn remote_ancestors<'p>(&self, path: &'p RemotePath) -> Result<Option<&'p [u8]>, ApplyError> {
-        let rel = path.as_bytes();
-        let prefixes: Vec<&[u8]> = rel.iter().enumerate().filter(|(_, &c)| c == b'/').map(|(i, _)| &rel[..i]).collect();
+    /// What directory `dir` (relative, `""` = the root, which is taken as
+    /// given) and each directory above it are on the remote, asked at once.
+    async fn ancestry<'d>(&self, dir: &'d [u8]) -> Result<Ancestry<'d>, RemoteError> {
+        let prefixes: Vec<&[u8]> = match dir.is_empty() {
+            true => Vec::new(),
+            false => dir.iter().enumerate().filter(|(_, &c)| c == b'/').map(|(i, _)| &dir[..i]).chain([dir]).collect(),
+        };
         let stats = futures::future::join_all(prefixes.iter().map(|p| self.remote.stat(p))).await;
         for (p, st) in prefixes.into_iter().zip(stats) {
             match st? {
                 Some(e) if e.kind == RemoteKind::Dir => {}
-                Some(e) if e.kind == RemoteKind::Other => return Ok(Some(p)),
-                // Gone, or a file: then `path` does not exist; its own stat says so.
-                _ => return Ok(None),
+                Some(e) if e.kind == RemoteKind::Other => return Ok(Ancestry::Symlink(p)),
+                _ => return Ok(Ancestry::Broken),
             }
         }
-        Ok(None)
+        Ok(Ancestry::Dirs)
     }
 
     /// Makes the mirror match `remote`, a fresh `lstat` of `path` (reconcile has

@@ -85,27 +85,19 @@ pub async fn run(
         for task in schedule.start(free, |p| syncer.locks.try_lock(p)) {
             let syncer = syncer.clone();
             tasks.spawn(async move {
-                // Files of one directory (a burst of uploads): one look at the remote for all.
-                let lookup = match &task[..] {
-                    [_] => None,
-                    [(first, _), ..] => Some(syncer.look_up(first.path.split_parent().0, task.len()).await),
-                    [] => None,
-                };
-                let lookup = lookup.as_ref();
+                // Files of one directory (a burst of uploads): one look at the
+                // remote for all of them (a lone batch asks nothing here).
+                let dir = task.first().map(|(b, _)| b.path.split_parent().0.to_vec()).unwrap_or_default();
+                let lookup = &syncer.look_up(&dir, task.len()).await;
                 let applies = task.into_iter().map(|(batch, guard)| {
                     let syncer = &syncer;
                     let span = tracing::info_span!("apply", event = %batch.event_id, path = %batch.path);
                     tracing::Instrument::instrument(
                         async move {
                             let Batch { seqs, event_id, path, since, forced } = batch;
-                            let apply = async {
-                                match lookup {
-                                    Some(l) => syncer.apply_event_in(l, &path, since, !forced).await,
-                                    None => syncer.apply_event(&path, since, !forced).await,
-                                }
-                            };
                             // The hooks of the changes it makes name this event.
-                            let apply = crate::hooks::EVENT_ID.scope(event_id, apply);
+                            let apply = crate::hooks::EVENT_ID
+                                .scope(event_id, syncer.apply_event_in(lookup, &path, since, !forced));
                             // A panic (a bug) must not keep its rows `running` and its
                             // slot taken until a restart: it is an error like any other.
                             let result = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(apply))

@@ -210,12 +210,14 @@ impl Faults {
         self.state().delay
     }
 
-    /// The status a request of kind `op` on `path` must fail with, if any
-    /// (every request asks: it is counted here).
+    /// The status a request of kind `op` on `path` must fail with, if any.
     pub(crate) fn failure_for(&self, op: Request, path: &str) -> Option<StatusCode> {
-        let mut st = self.state();
-        *st.seen.entry(op).or_default() += 1;
-        st.failures.iter().find(|r| r.op == op && path.contains(&r.needle)).map(|r| r.status)
+        self.state().failures.iter().find(|r| r.op == op && path.contains(&r.needle)).map(|r| r.status)
+    }
+
+    /// Counts a request of family `op` (see [`Faults::requests`]).
+    pub(crate) fn record_request(&self, op: Request) {
+        *self.state().seen.entry(op).or_default() += 1;
     }
 
     /// Requests of family `op` the server has answered so far, all

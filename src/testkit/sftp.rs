@@ -98,8 +98,9 @@ impl SftpHandler {
         }
     }
 
-    /// Fails the request if a [`Faults::fail`] rule matches `op` on `vpath`.
+    /// Counts the request, and fails it if a [`Faults::fail`] rule matches `op` on `vpath`.
     fn check(&self, op: Request, vpath: &str) -> Reply<()> {
+        self.faults.record_request(op);
         match self.faults.failure_for(op, vpath) {
             Some(status) => Err(StatusReply::new(status).with_message("injected fault")),
             None => Ok(()),
