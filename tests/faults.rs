@@ -44,6 +44,24 @@ async fn short_reads_still_give_identical_bytes() {
 }
 
 #[tokio::test]
+async fn a_small_file_held_in_memory_resumes_after_a_dropped_connection() {
+    // Under 256 KiB a download is held in memory until its commit: the bytes
+    // before the drop are kept and not asked again, in pieces of any size.
+    let e = Embedded::start().await;
+    let data = pattern(200_001);
+    e.put("small.bin", &data);
+    e.faults().short_reads(Some(1000));
+    e.faults().drop_once_after_read_bytes(150_000);
+    let s = e.syncer();
+    assert_eq!(s.apply(&p("small.bin")).await.unwrap(), Action::Downloaded(200_001));
+    assert_eq!(std::fs::read(e.mirror().join("small.bin")).unwrap(), data);
+    assert!(e.server.connections_accepted() >= 2, "the connection was dropped and replaced");
+    let served = e.faults().bytes_served();
+    assert!(served < 200_001 + 100_000, "{served} bytes served: the held bytes were asked again");
+    assert!(staging_empty(&e));
+}
+
+#[tokio::test]
 async fn a_slow_link_does_not_trip_the_request_timeout_into_a_failure() {
     let mut e = Embedded::start().await;
     // Every reply takes 300 ms and the server answers one request at a time: with

@@ -462,6 +462,18 @@ impl Mirror {
         }
     }
 
+    /// Writes `data` to a new staging file and commits it to `rel` as
+    /// [`Mirror::commit`] does.
+    ///
+    /// # Errors
+    /// On an I/O error; nothing is left behind.
+    pub fn commit_bytes(&self, data: &[u8], rel: &RemotePath, mtime: u64) -> Result<(), MirrorError> {
+        use std::io::Write;
+        let mut staged = self.staging_file()?;
+        staged.file().write_all(data).map_err(err("write", STAGING))?;
+        self.commit(staged, rel, mtime)
+    }
+
     /// Makes a written staging file durable with `mtime` (seconds) and renames
     /// it to `rel`, replacing whatever is there (a directory tree included: the
     /// caller has confirmed with the remote that `rel` is a file now).

@@ -47,6 +47,17 @@ pub struct Progress {
     pub contiguous: u64,
 }
 
+impl Progress {
+    /// Notes that `off..end` is written; `done` holds the ranges written above
+    /// the contiguous prefix.
+    fn advance(&mut self, done: &mut BTreeMap<u64, u64>, off: u64, end: u64) {
+        done.insert(off, end);
+        while let Some(end) = done.remove(&self.contiguous) {
+            self.contiguous = end;
+        }
+    }
+}
+
 /// What a download reports to and draws from, beyond its own bytes.
 pub struct Ledger<'a> {
     /// Called with `n` when every byte below `n` is flushed to disk (to record
@@ -56,6 +67,17 @@ pub struct Ledger<'a> {
     pub received: &'a AtomicU64,
     /// The budget every READ is asked of before it is sent (`mirror.bwlimit`).
     pub bandwidth: &'a Bandwidth,
+}
+
+/// Where a download's bytes go.
+pub enum Out<'a> {
+    /// A staging file, written at the same offsets by a blocking thread.
+    File(&'a std::fs::File),
+    /// Memory, for a small file (the caller bounds its size): its bytes are
+    /// written to disk once, with the commit, in one trip to a blocking
+    /// thread instead of one per piece plus a writer thread per file.
+    /// Resized to the declared size.
+    Memory(&'a mut Vec<u8>),
 }
 
 /// Reads remote `path` (declared `size` bytes) into `out` at the same offsets,
@@ -68,7 +90,7 @@ pub async fn download(
     conn: &Conn,
     path: &[u8],
     size: u64,
-    out: &std::fs::File,
+    out: Out<'_>,
     progress: &mut Progress,
     ledger: &Ledger<'_>,
 ) -> Result<Downloaded, DownloadError> {
@@ -98,7 +120,7 @@ async fn pump(
     path: &[u8],
     handle: &[u8],
     size: u64,
-    out: &std::fs::File,
+    out: Out<'_>,
     progress: &mut Progress,
     ledger: &Ledger<'_>,
 ) -> Result<Option<u64>, DownloadError> {
@@ -112,9 +134,7 @@ async fn pump(
     let mut in_flight = FuturesUnordered::new();
     let mut flushed_at = progress.contiguous;
     let mut flushing: Option<(u64, tokio::task::JoinHandle<bool>)> = None;
-    // Positioned writes block: they run on a blocking thread of their own,
-    // never on the async workers that serve the webhook and the other transfers.
-    let (writer, mut written) = Writer::start(out).map_err(DownloadError::Local)?;
+    let mut sink = Sink::new(out, size)?;
     let mut writing = 0usize;
     loop {
         let chunk = u64::from(conn.read_len());
@@ -140,14 +160,11 @@ async fn pump(
             break;
         }
         tokio::select! {
-            w = written.recv(), if writing > 0 => {
+            Some(w) = sink.written(), if writing > 0 => {
                 writing -= 1;
-                let (off, end) = w.expect("the writer answers every write").map_err(DownloadError::Local)?;
+                let (off, end) = w.map_err(DownloadError::Local)?;
                 ledger.received.fetch_add(end - off, Ordering::Relaxed);
-                done.insert(off, end);
-                while let Some(end) = done.remove(&progress.contiguous) {
-                    progress.contiguous = end;
-                }
+                progress.advance(&mut done, off, end);
             }
             Some((off, len, r)) = in_flight.next(), if !in_flight.is_empty() => {
                 match r.map_err(|e| RemoteError::from_sftp(path, e))? {
@@ -168,8 +185,24 @@ async fn pump(
                         } else {
                             conn.confirm_read_len(len);
                         }
-                        writer.write(off, data).await.map_err(DownloadError::Local)?;
-                        writing += 1;
+                        match &mut sink {
+                            Sink::Thread { writer, .. } => {
+                                writer.write(off, data).await.map_err(DownloadError::Local)?;
+                                writing += 1;
+                            }
+                            Sink::Memory(buf) => {
+                                // The client refuses a reply longer than asked, and no
+                                // READ asks past `size`: this never fails.
+                                let end = off + n;
+                                let past = || super::sftp::SftpError::Protocol(format!("a READ reply past {size} bytes"));
+                                let to = buf
+                                    .get_mut(off as usize..end as usize)
+                                    .ok_or_else(|| RemoteError::from_sftp(path, past()))?;
+                                to.copy_from_slice(&data);
+                                ledger.received.fetch_add(n, Ordering::Relaxed);
+                                progress.advance(&mut done, off, end);
+                            }
+                        }
                     }
                     // End of file before `size`: the file shrank; the caller re-checks.
                     _ => eof_at = Some(eof_at.map_or(off, |e| e.min(off))),
@@ -183,7 +216,7 @@ async fn pump(
         }
         if progress.contiguous - flushed_at >= FLUSH_EVERY && flushing.is_none() {
             flushed_at = progress.contiguous;
-            if let Ok(f) = out.try_clone() {
+            if let Some(Ok(f)) = sink.file().map(std::fs::File::try_clone) {
                 // Errors surface in the final, awaited flush of the commit.
                 flushing = Some((flushed_at, tokio::task::spawn_blocking(move || f.sync_data().is_ok())));
             }
@@ -195,6 +228,48 @@ async fn pump(
         }
     }
     Ok(eof_at)
+}
+
+/// Where [`pump`] puts the bytes it receives.
+enum Sink<'a> {
+    /// A file, through its writer thread, which reports each finished write.
+    Thread { file: &'a std::fs::File, writer: Writer, written: Written },
+    /// Memory: a write is done when it is copied.
+    Memory(&'a mut Vec<u8>),
+}
+
+impl<'a> Sink<'a> {
+    fn new(out: Out<'a>, size: u64) -> Result<Sink<'a>, DownloadError> {
+        Ok(match out {
+            Out::File(file) => {
+                // Positioned writes block: they run on a blocking thread of their own,
+                // never on the async workers that serve the webhook and the other transfers.
+                let (writer, written) = Writer::start(file).map_err(DownloadError::Local)?;
+                Sink::Thread { file, writer, written }
+            }
+            Out::Memory(buf) => {
+                let size =
+                    usize::try_from(size).map_err(|_| DownloadError::Local(std::io::ErrorKind::OutOfMemory.into()))?;
+                buf.resize(size, 0);
+                Sink::Memory(buf)
+            }
+        })
+    }
+
+    /// The next finished write of the writer thread (never, for memory).
+    async fn written(&mut self) -> Option<std::io::Result<(u64, u64)>> {
+        match self {
+            Sink::Thread { written, .. } => written.recv().await,
+            Sink::Memory(_) => std::future::pending().await,
+        }
+    }
+
+    fn file(&self) -> Option<&'a std::fs::File> {
+        match self {
+            Sink::Thread { file, .. } => Some(file),
+            Sink::Memory(_) => None,
+        }
+    }
 }
 
 /// Writes queued at most per download (bounds the memory they hold).

@@ -17,7 +17,7 @@ pub mod sftp;
 mod walk;
 
 pub use bandwidth::Bandwidth;
-pub use fetch::{download, DownloadError, Downloaded, Ledger, Progress};
+pub use fetch::{download, DownloadError, Downloaded, Ledger, Out, Progress};
 pub use session::{probe_host_key, verify_host_key, Conn, Remote};
 pub use sftp::StatusCode;
 pub use walk::{list_dir, list_dir_upto, RemoteDirEntry, MAX_DEPTH, MAX_DIR_ENTRIES};

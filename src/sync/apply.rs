@@ -8,7 +8,7 @@ use crate::event::RemotePath;
 use crate::journal::HookKind;
 use crate::mirror::{LocalKind, Mirror, MirrorError};
 use crate::remote::{
-    download, Bandwidth, DownloadError, Ledger, Progress, Remote, RemoteEntry, RemoteError, RemoteKind,
+    download, Bandwidth, DownloadError, Ledger, Out, Progress, Remote, RemoteEntry, RemoteError, RemoteKind,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -16,6 +16,20 @@ use tokio::sync::Semaphore;
 
 /// Entries an event may remove without the event delete guard looking.
 pub const EVENT_DELETE_FLOOR: u64 = 50;
+
+/// Files up to this size are downloaded into memory and written to disk with
+/// their commit: one trip to a blocking thread, where a staging file costs
+/// three more and a writer thread. At most `mirror.concurrency` of them are
+/// held at once (4 MiB with the default 16).
+const IN_MEMORY_MAX: u64 = 256 << 10;
+
+/// Where a download goes.
+enum Dest {
+    /// Memory (a small file).
+    Memory(Vec<u8>),
+    /// A staging file, resumable if large.
+    Staged(crate::mirror::Staging),
+}
 
 /// Times a download is restarted because the remote file changed under it, or
 /// the connection dropped, before the apply fails (and is retried later).
@@ -529,6 +543,17 @@ impl Syncer {
         Ok(Action::Removed)
     }
 
+    /// Where the download of `path` (remote `entry`) goes, and how many of
+    /// its bytes are already there (an interrupted download resumed).
+    async fn destination(&self, path: &RemotePath, entry: RemoteEntry) -> Result<(Dest, u64), ApplyError> {
+        if entry.size <= IN_MEMORY_MAX {
+            return Ok((Dest::Memory(Vec::new()), 0));
+        }
+        let (m, p) = (self.mirror.clone(), path.clone());
+        let (staged, resumed) = blocking(move || m.resumable_staging(&p, entry.size, entry.mtime)).await?;
+        Ok((Dest::Staged(staged), resumed))
+    }
+
     /// Downloads file `path` described by `entry` unless the mirror already has
     /// the same size and mtime in a copy made after that mtime's second ended
     /// (see [`LocalEntry::is_racy`](crate::mirror::LocalEntry::is_racy)).
@@ -558,33 +583,38 @@ impl Syncer {
         let _permit = self.transfers.acquire().await.map_err(|e| ApplyError::Internal(e.to_string()))?;
         let mut last_err = None;
         let mut timeouts = 0;
-        let (m, p) = (self.mirror.clone(), path.clone());
-        let (mut staged, resumed) = blocking(move || m.resumable_staging(&p, entry.size, entry.mtime)).await?;
+        let (mut dest, resumed) = self.destination(path, entry).await?;
         let mut progress = Progress { contiguous: resumed };
         if resumed > 0 {
             tracing::info!(path = %path, bytes = resumed, "resuming an interrupted download");
         }
         for _ in 0..ATTEMPTS {
-            // The declared size is checked, never trusted: a server claiming 2^62
-            // bytes must not fill the disk (nor size any buffer: see `fetch`).
-            let m = self.mirror.clone();
-            let free = blocking(move || m.free_space()).await?;
-            let need = entry.size - progress.contiguous.min(entry.size);
-            if need > free {
-                return Err(RemoteError::NoSpace { path: shown_path, size: entry.size, free }.into());
+            if let Dest::Staged(_) = dest {
+                // The declared size is checked, never trusted: a server claiming 2^62
+                // bytes must not fill the disk (nor size any buffer: see `fetch`).
+                // A file held in memory is small by then: its write says ENOSPC.
+                let m = self.mirror.clone();
+                let free = blocking(move || m.free_space()).await?;
+                let need = entry.size - progress.contiguous.min(entry.size);
+                if need > free {
+                    return Err(RemoteError::NoSpace { path: shown_path, size: entry.size, free }.into());
+                }
             }
-            let file = staged.take_file();
-            let recorder = staged.recorder();
             let conn = self.remote.conn().await;
-            let got = match &conn {
-                Ok(c) => {
+            let got = match (&conn, &mut dest) {
+                (Ok(c), Dest::Memory(buf)) => {
+                    let ledger =
+                        Ledger { durable: &|_| {}, received: &self.stats.received, bandwidth: &self.bandwidth };
+                    download(c, &rpath, entry.size, Out::Memory(buf), &mut progress, &ledger).await
+                }
+                (Ok(c), Dest::Staged(staged)) => {
+                    let recorder = staged.recorder();
                     let ledger =
                         Ledger { durable: &recorder, received: &self.stats.received, bandwidth: &self.bandwidth };
-                    download(c, &rpath, entry.size, &file, &mut progress, &ledger).await
+                    download(c, &rpath, entry.size, Out::File(staged.file()), &mut progress, &ledger).await
                 }
-                Err(e) => Err(DownloadError::Remote(e.clone())),
+                (Err(e), _) => Err(DownloadError::Remote(e.clone())),
             };
-            staged.put_back(file);
             let conn = conn?;
             match got {
                 Err(DownloadError::Local(e)) => {
@@ -613,7 +643,11 @@ impl Syncer {
                             let armed =
                                 self.arm(HookKind::OnFile, path, action, Some((entry.size, entry.mtime))).await?;
                             let (m, p, mtime) = (self.mirror.clone(), path.clone(), entry.mtime);
-                            if let Err(e) = blocking(move || m.commit(staged, &p, mtime)).await {
+                            let committed = blocking(move || match dest {
+                                Dest::Memory(data) => m.commit_bytes(&data, &p, mtime),
+                                Dest::Staged(staged) => m.commit(staged, &p, mtime),
+                            });
+                            if let Err(e) = committed.await {
                                 self.disarm(armed).await;
                                 return Err(e);
                             }
@@ -633,9 +667,8 @@ impl Syncer {
                         Some(n) if n.kind == RemoteKind::File => {
                             tracing::debug!(path = %path, "remote file changed during download; again");
                             entry = n;
-                            let (m, p) = (self.mirror.clone(), path.clone());
-                            drop(staged);
-                            (staged, _) = blocking(move || m.resumable_staging(&p, entry.size, entry.mtime)).await?;
+                            drop(dest);
+                            (dest, _) = self.destination(path, entry).await?;
                             progress = Progress::default();
                             last_err = Some(RemoteError::Unstable { path: shown_path.clone() });
                         }
