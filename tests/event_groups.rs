@@ -58,6 +58,32 @@ async fn forty_events_in_one_directory_cost_one_listing_not_an_lstat_each() {
 }
 
 #[tokio::test]
+async fn a_group_reads_the_mirror_side_from_one_listing_too() {
+    // What the mirror has is read from a listing of the local directory, with
+    // the same outcomes as an lstat per file: a current copy is left alone and,
+    // with mirror.delete = false, a directory where the remote has a file is kept.
+    let mut e = Embedded::start().await;
+    e.settings.mirror.delete = false;
+    let paths: Vec<String> = (0..LIST_MIN as u64 + 2).map(|i| format!("d/f{i}")).collect();
+    for (i, path) in paths.iter().enumerate() {
+        e.put(path, &pattern(10 + i));
+        set_mtime(&e.remote().join(path), 1_600_000_000);
+    }
+    std::fs::create_dir_all(e.mirror().join("d/f1")).unwrap();
+    std::fs::write(e.mirror().join("d/f0"), pattern(10)).unwrap();
+    set_mtime(&e.mirror().join("d/f0"), 1_600_000_000);
+    let opens = e.faults().requests(Request::Open);
+    let actions = apply_group(&e, "d", &paths).await;
+    assert_eq!(actions[0], Action::Unchanged);
+    assert_eq!(actions[1], Action::KeptNoDelete);
+    assert!(e.mirror().join("d/f1").is_dir());
+    for (i, a) in actions.iter().enumerate().skip(2) {
+        assert_eq!(a, &Action::Downloaded(10 + i as u64), "{}", paths[i]);
+    }
+    assert_eq!(e.faults().requests(Request::Open) - opens, paths.len() as u64 - 2, "only the others were read");
+}
+
+#[tokio::test]
 async fn a_directory_too_large_for_its_few_events_is_not_listed() {
     let e = Embedded::start().await;
     let n = list_bound(LIST_MIN) + 1;

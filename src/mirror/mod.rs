@@ -553,6 +553,20 @@ impl Mirror {
     /// # Errors
     /// On an I/O error.
     pub fn list_dir(&self, rel: Option<&RemotePath>) -> Result<Vec<(Vec<u8>, LocalEntry)>, MirrorError> {
+        Ok(self.list_dir_upto(rel, usize::MAX)?.unwrap_or_default())
+    }
+
+    /// [`Mirror::list_dir`], but `None` as soon as the directory shows more
+    /// than `max` entries (a caller that wanted a few of them does better
+    /// asking each).
+    ///
+    /// # Errors
+    /// On an I/O error.
+    pub fn list_dir_upto(
+        &self,
+        rel: Option<&RemotePath>,
+        max: usize,
+    ) -> Result<Option<Vec<(Vec<u8>, LocalEntry)>>, MirrorError> {
         use std::os::unix::ffi::OsStringExt;
         let shown = rel.map(|r| r.lossy().into_owned()).unwrap_or_else(|| ".".into());
         let dir = match rel {
@@ -562,7 +576,7 @@ impl Mirror {
         let dir = match dir {
             Ok(d) => d,
             // Removed by someone else meanwhile: it lists nothing now.
-            Err(e) if gone(&e) => return Ok(Vec::new()),
+            Err(e) if gone(&e) => return Ok(Some(Vec::new())),
             Err(e) => return Err(err("open directory", &shown)(e)),
         };
         let mut out = Vec::new();
@@ -572,6 +586,9 @@ impl Mirror {
             if rel.is_none() && name == RESERVED_NAME.as_bytes() {
                 continue;
             }
+            if out.len() == max {
+                return Ok(None);
+            }
             // fstatat(dirfd, name, AT_SYMLINK_NOFOLLOW): one syscall, no path walk.
             let meta = match ent.metadata() {
                 Ok(m) => m,
@@ -580,7 +597,7 @@ impl Mirror {
             };
             out.push((name, entry_of(&meta)));
         }
-        Ok(out)
+        Ok(Some(out))
     }
 }
 

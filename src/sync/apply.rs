@@ -6,10 +6,11 @@ use super::filter::Filter;
 use super::locks::PathLocks;
 use crate::event::RemotePath;
 use crate::journal::HookKind;
-use crate::mirror::{LocalKind, Mirror, MirrorError};
+use crate::mirror::{LocalEntry, LocalKind, Mirror, MirrorError};
 use crate::remote::{
     download, Bandwidth, DownloadError, Ledger, Out, Progress, Remote, RemoteEntry, RemoteError, RemoteKind,
 };
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::Semaphore;
@@ -49,8 +50,9 @@ pub fn list_bound(n: usize) -> usize {
 pub enum Lookup {
     /// Nothing asked: each file is asked about alone.
     EachAlone,
-    /// The directory's entries by name (empty: the directory is not there).
-    Entries(std::collections::HashMap<Vec<u8>, RemoteEntry>),
+    /// The directory's entries by name (empty: the directory is not there),
+    /// and the mirror's, when listed too (else each file is `lstat`ed).
+    Entries(HashMap<Vec<u8>, RemoteEntry>, Option<HashMap<Vec<u8>, LocalEntry>>),
     /// This ancestor is a symlink (or another special entry): not mirrored.
     Symlinked(Vec<u8>),
     /// The connection failed: every file's apply fails (and is retried).
@@ -283,7 +285,7 @@ impl Syncer {
             return Ok(symlinked(path, a));
         }
         // Below a file or a missing directory, the path's own stat says it is gone.
-        self.apply_seen(path, remote?, since, guarded).await
+        self.apply_seen(path, remote?, since, guarded, None).await
     }
 
     /// Asks the remote once about the files of directory `dir` (relative;
@@ -318,9 +320,10 @@ impl Syncer {
         match lookup {
             Lookup::EachAlone => self.apply_event(path, since, guarded).await,
             _ if !self.filter.allows(path) => Ok(Action::Skipped("excluded by include/exclude")),
-            Lookup::Entries(map) => {
-                let now = map.get(path.split_parent().1).copied();
-                self.apply_seen(path, now, since, guarded).await
+            Lookup::Entries(remote, local) => {
+                let name = path.split_parent().1;
+                let known = local.as_ref().map(|l| l.get(name).copied());
+                self.apply_seen(path, remote.get(name).copied(), since, guarded, known).await
             }
             Lookup::Symlinked(a) => Ok(symlinked(path, a)),
             Lookup::Failed(e) => Err(ApplyError::Remote(e.clone())),
@@ -338,32 +341,50 @@ impl Syncer {
             let rpath = rpath.clone();
             async move { crate::remote::list_dir_upto(&c, &rpath, max).await }
         });
+        // The mirror's side in one trip too, instead of an `lstat` per file;
+        // the files' paths are locked for this group, so it stays current.
+        let local = self.list_local(dir, max);
         // The files' ancestors: the directory itself and those above it.
-        let (listing, ancestry) = tokio::join!(listing, self.ancestry(dir));
+        let (listing, ancestry, local) = tokio::join!(listing, self.ancestry(dir), local);
         match ancestry {
             Err(e) => return Lookup::Failed(e),
             Ok(Ancestry::Symlink(a)) => return Lookup::Symlinked(a.to_vec()),
-            Ok(Ancestry::Broken) => return Lookup::Entries(Default::default()),
+            Ok(Ancestry::Broken) => return Lookup::Entries(HashMap::new(), local),
             Ok(Ancestry::Dirs) => {}
         }
         match listing {
-            Ok(Some(entries)) => Lookup::Entries(entries.into_iter().map(|e| (e.name, e.entry)).collect()),
+            Ok(Some(entries)) => Lookup::Entries(entries.into_iter().map(|e| (e.name, e.entry)).collect(), local),
             Ok(None) => Lookup::EachAlone,
-            Err(e) if e.is_not_found() => Lookup::Entries(Default::default()),
+            Err(e) if e.is_not_found() => Lookup::Entries(HashMap::new(), local),
             Err(e) if e.is_transport() => Lookup::Failed(e),
             // Not listable (permissions, a server's limit): the files may still be stat'ed.
             Err(_) => Lookup::EachAlone,
         }
     }
 
+    /// The mirror's entries in directory `dir` (relative; empty = the root)
+    /// by name, if it shows at most `max` (a directory that is not there, or
+    /// not a real directory, shows none). `None` when larger or on an error:
+    /// the files are then `lstat`ed one by one, which reports the error.
+    async fn list_local(&self, dir: &[u8], max: usize) -> Option<HashMap<Vec<u8>, LocalEntry>> {
+        let m = self.mirror.clone();
+        let dir = if dir.is_empty() { None } else { Some(RemotePath::parse_bytes(dir).ok()?.with_dir(true)) };
+        let listed = blocking(move || match &dir {
+            Some(d) if m.stat(d)?.is_none_or(|e| e.kind != LocalKind::Dir) => Ok(Some(Vec::new())),
+            d => m.list_dir_upto(d.as_ref(), max),
+        });
+        Some(listed.await.ok()??.into_iter().collect())
+    }
+
     /// [`Syncer::apply_event`] once the remote was asked: `remote` is what
-    /// `path` is now.
+    /// `path` is now; `local`, what the mirror has there, if known.
     async fn apply_seen(
         &self,
         path: &RemotePath,
         remote: Option<RemoteEntry>,
         since: Option<i64>,
         guarded: bool,
+        local: Option<Option<LocalEntry>>,
     ) -> Result<Action, ApplyError> {
         if guarded && remote.is_none() {
             let (m, p) = (self.mirror.clone(), path.with_dir(true));
@@ -374,7 +395,7 @@ impl Syncer {
             }
         }
         let action = match remote {
-            Some(e) if e.kind == RemoteKind::File => self.fetch(&path.with_dir(false), e, since).await?,
+            Some(e) if e.kind == RemoteKind::File => self.fetch(&path.with_dir(false), e, since, local).await?,
             other => self.apply_known(path, other).await?,
         };
         if remote.is_some_and(|e| e.kind == RemoteKind::Dir) {
@@ -395,11 +416,15 @@ impl Syncer {
     /// As [`Syncer::apply`].
     pub async fn execute(&self, op: &Op) -> Result<Action, ApplyError> {
         match op {
-            Op::Download { path, entry, .. } => match self.apply_known(path, Some(*entry)).await {
-                // Gone since it was listed: what the remote says now is converged too.
-                Err(ApplyError::Remote(e)) if e.is_not_found() => self.apply_known(path, None).await,
-                r => r,
-            },
+            // Nothing there when the mirror was listed: not asked again (a file
+            // put there meanwhile is replaced by the remote's, as it would be).
+            Op::Download { path, entry, local, .. } => {
+                match self.apply_listed(path, Some(*entry), local.is_none().then_some(None)).await {
+                    // Gone since it was listed: what the remote says now is converged too.
+                    Err(ApplyError::Remote(e)) if e.is_not_found() => self.apply_known(path, None).await,
+                    r => r,
+                }
+            }
             Op::MakeDir { path, .. } => match self.remote.stat(path.as_bytes()).await {
                 Ok(now) => self.apply_known(path, now).await,
                 Err(e) => Err(e.into()),
@@ -487,8 +512,19 @@ impl Syncer {
     /// # Errors
     /// As [`Syncer::apply`].
     pub async fn apply_known(&self, path: &RemotePath, remote: Option<RemoteEntry>) -> Result<Action, ApplyError> {
+        self.apply_listed(path, remote, None).await
+    }
+
+    /// [`Syncer::apply_known`], told what the mirror has at `path` when that
+    /// is known (from a listing).
+    async fn apply_listed(
+        &self,
+        path: &RemotePath,
+        remote: Option<RemoteEntry>,
+        local: Option<Option<LocalEntry>>,
+    ) -> Result<Action, ApplyError> {
         match remote {
-            Some(e) if e.kind == RemoteKind::File => self.fetch(&path.with_dir(false), e, None).await,
+            Some(e) if e.kind == RemoteKind::File => self.fetch(&path.with_dir(false), e, None, local).await,
             Some(e) if e.kind == RemoteKind::Dir => {
                 let (m, p) = (self.mirror.clone(), path.with_dir(true));
                 if !self.filter.allows(&p) {
@@ -557,12 +593,23 @@ impl Syncer {
     /// Downloads file `path` described by `entry` unless the mirror already has
     /// the same size and mtime in a copy made after that mtime's second ended
     /// (see [`LocalEntry::is_racy`](crate::mirror::LocalEntry::is_racy)).
-    async fn fetch(&self, path: &RemotePath, mut entry: RemoteEntry, since: Option<i64>) -> Result<Action, ApplyError> {
+    async fn fetch(
+        &self,
+        path: &RemotePath,
+        mut entry: RemoteEntry,
+        since: Option<i64>,
+        local: Option<Option<LocalEntry>>,
+    ) -> Result<Action, ApplyError> {
         if !self.filter.allows(path) {
             return Ok(Action::Skipped("excluded by include/exclude"));
         }
-        let (m, p) = (self.mirror.clone(), path.clone());
-        let local = blocking(move || m.stat(&p)).await?;
+        let local = match local {
+            Some(known) => known,
+            None => {
+                let (m, p) = (self.mirror.clone(), path.clone());
+                blocking(move || m.stat(&p)).await?
+            }
+        };
         let replaces_file = local.is_some_and(|l| l.kind == LocalKind::File);
         if !self.delete && local.is_some_and(|l| l.kind != LocalKind::File) {
             tracing::warn!(path = %path, "kept: the remote has a file here; replacing the local entry is a deletion and mirror.delete = false");
