@@ -98,6 +98,9 @@ impl LocalEntry {
     }
 }
 
+/// A directory's entries: names (bytes, as on disk) and what each is.
+pub type Listing = Vec<(Vec<u8>, LocalEntry)>;
+
 /// The mirror folder.
 pub struct Mirror {
     root: Dir,
@@ -552,7 +555,7 @@ impl Mirror {
     ///
     /// # Errors
     /// On an I/O error.
-    pub fn list_dir(&self, rel: Option<&RemotePath>) -> Result<Vec<(Vec<u8>, LocalEntry)>, MirrorError> {
+    pub fn list_dir(&self, rel: Option<&RemotePath>) -> Result<Listing, MirrorError> {
         Ok(self.list_dir_upto(rel, usize::MAX)?.unwrap_or_default())
     }
 
@@ -562,11 +565,7 @@ impl Mirror {
     ///
     /// # Errors
     /// On an I/O error.
-    pub fn list_dir_upto(
-        &self,
-        rel: Option<&RemotePath>,
-        max: usize,
-    ) -> Result<Option<Vec<(Vec<u8>, LocalEntry)>>, MirrorError> {
+    pub fn list_dir_upto(&self, rel: Option<&RemotePath>, max: usize) -> Result<Option<Listing>, MirrorError> {
         use std::os::unix::ffi::OsStringExt;
         let shown = rel.map(|r| r.lossy().into_owned()).unwrap_or_else(|| ".".into());
         let dir = match rel {
