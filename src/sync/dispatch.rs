@@ -135,10 +135,8 @@ pub async fn run(
                 while let Some(done) = tasks.try_join_next() {
                     ready.push(done);
                 }
-                // Recorded together: one journal transaction for all of them.
-                let ready = ready.into_iter().filter_map(Result::ok).flatten();
-                let retried = futures::future::join_all(ready.map(|d| finish(&journal, &syncer, d))).await;
-                may_have_rows |= retried.into_iter().any(|r| r);
+                // Recorded together: one journal request for all of them.
+                may_have_rows |= finish(&journal, &syncer, ready.into_iter().filter_map(Result::ok).flatten()).await;
             }
             _ = &mut released, if !schedule.is_empty() => {}
             _ = tokio::time::sleep(sleep_for) => may_have_rows = true,
@@ -153,9 +151,7 @@ pub async fn run(
         tokio::select! {
             Some(done) = tasks.join_next() => {
                 // An aborted task's rows stay `running` and resume at the next start.
-                for d in done.into_iter().flatten() {
-                    finish(&journal, &syncer, d).await;
-                }
+                finish(&journal, &syncer, done.into_iter().flatten()).await;
             }
             _ = &mut deadline => {
                 tracing::warn!(running = tasks.len(), "shutdown deadline reached; unfinished events stay in the journal");
@@ -166,31 +162,42 @@ pub async fn run(
     }
 }
 
-/// Records a batch's outcome; returns whether its rows went back to `pending`
-/// (a retry is due later: the loop must look at the journal's due times again).
-/// (An apply task only ends early when aborted at shutdown: its rows stay
-/// `running` and resume at the next start.)
-async fn finish(journal: &Journal, syncer: &Syncer, d: Done) -> bool {
-    let (r, retried) = match d.result {
-        Ok(action) => {
-            // The change itself was logged where it happened (see `Syncer`).
-            tracing::debug!(events = d.seqs.len(), "applied: {action}");
-            (journal.complete(d.seqs, action.to_string()).await, false)
+/// Records the outcomes of finished batches; returns whether rows of one
+/// went back to `pending` (a retry is due later: the loop must look at the
+/// journal's due times again). (An apply task only ends early when aborted
+/// at shutdown: its rows stay `running` and resume at the next start.)
+async fn finish(journal: &Journal, syncer: &Syncer, done: impl IntoIterator<Item = Done>) -> bool {
+    let mut completed = Vec::new();
+    let mut retried = false;
+    let mut results = Vec::new();
+    for d in done {
+        match d.result {
+            Ok(action) => {
+                // The change itself was logged where it happened (see `Syncer`).
+                tracing::debug!(events = d.seqs.len(), "applied: {action}");
+                completed.push((d.seqs, action.to_string()));
+            }
+            Err(e @ ApplyError::Held(_)) => {
+                syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, "event held");
+                results.push(journal.hold(d.seqs, e.to_string()).await);
+            }
+            Err(e) => {
+                syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(error = %e, "apply failed; will retry");
+                results.push(journal.fail(d.seqs, e.to_string()).await);
+                retried = true;
+            }
         }
-        Err(e @ ApplyError::Held(_)) => {
-            syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(error = %e, "event held");
-            (journal.hold(d.seqs, e.to_string()).await, false)
+    }
+    if !completed.is_empty() {
+        results.push(journal.complete_all(completed).await);
+    }
+    for r in results {
+        if let Err(e) = r {
+            // The rows stay `running` and are resumed on the next start.
+            tracing::error!("journal: cannot record an apply result: {e}");
         }
-        Err(e) => {
-            syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            tracing::warn!(error = %e, "apply failed; will retry");
-            (journal.fail(d.seqs, e.to_string()).await, true)
-        }
-    };
-    if let Err(e) = r {
-        // The rows stay `running` and are resumed on the next start.
-        tracing::error!("journal: cannot record an apply result: {e}");
     }
     retried
 }
