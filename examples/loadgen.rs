@@ -185,17 +185,24 @@ async fn main() {
             files.sort();
             let files = std::sync::Arc::new(files);
             let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            // When each event was sent (ns since the epoch), against the ctime of
+            // its file in the mirror (set by the rename that put it there).
+            let sent_at: std::sync::Arc<Vec<std::sync::atomic::AtomicU64>> =
+                std::sync::Arc::new(files.iter().map(|_| std::sync::atomic::AtomicU64::new(0)).collect());
             let run = fastrand::u64(..);
             let start = Instant::now();
             let senders: Vec<_> = (0..conns)
                 .map(|_| {
                     let (path, secret, files, next) = (path.clone(), secret.clone(), files.clone(), next.clone());
+                    let sent_at = sent_at.clone();
                     tokio::spawn(async move {
                         let mut conn = Conn::open(addr).await;
                         loop {
                             let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                             let Some((rel, _)) = files.get(i) else { break };
                             let b = body(&format!("burst-{run:x}-{i}"), rel);
+                            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+                            sent_at[i].store(now.as_nanos() as u64, std::sync::atomic::Ordering::Relaxed);
                             while conn.post(addr, &path, &secret, &b).await != 204 {
                                 conn = Conn::open(addr).await;
                             }
@@ -218,8 +225,19 @@ async fn main() {
             }
             let secs = start.elapsed().as_secs_f64();
             let n = files.len();
+            let mut lat: Vec<f64> = files
+                .iter()
+                .zip(sent_at.iter())
+                .filter_map(|((rel, _), at)| {
+                    use std::os::unix::fs::MetadataExt;
+                    let m = std::fs::symlink_metadata(mirror.join(rel)).ok()?;
+                    let on_disk = m.ctime() as f64 * 1e9 + m.ctime_nsec() as f64;
+                    Some((on_disk - at.load(std::sync::atomic::Ordering::Relaxed) as f64) / 1e6)
+                })
+                .collect();
+            let (p50, p99) = (pct(&mut lat, 0.5), pct(&mut lat, 0.99));
             println!(
-                r#"{{"events":{n},"seconds":{secs:.2},"sent_seconds":{sent:.2},"per_second":{:.0}}}"#,
+                r#"{{"events":{n},"seconds":{secs:.2},"sent_seconds":{sent:.2},"per_second":{:.0},"p50_ms":{p50:.1},"p99_ms":{p99:.1}}}"#,
                 n as f64 / secs
             );
         }
