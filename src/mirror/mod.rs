@@ -104,7 +104,8 @@ pub type Listing = Vec<(Vec<u8>, LocalEntry)>;
 /// The mirror folder.
 pub struct Mirror {
     root: Dir,
-    staging: Dir,
+    /// Shared with every open [`Staging`] (a clone per file cost a dup and a close).
+    staging: std::sync::Arc<Dir>,
     path: PathBuf,
     group: GroupSync,
     /// `mirror.trash`: where deleted and overwritten entries go instead.
@@ -168,7 +169,7 @@ impl Mirror {
     fn assemble(root: Dir, staging: Dir, path: &Path, lock: Option<std::fs::File>) -> Mirror {
         Mirror {
             root,
-            staging,
+            staging: std::sync::Arc::new(staging),
             path: path.to_owned(),
             group: GroupSync::default(),
             trash: None,
@@ -288,7 +289,7 @@ impl Mirror {
             file.set_len(0).map_err(err("truncate staging file", STAGING))?;
             self.staging.write(resume_name(&name), w.encode(0)).map_err(err("write", STAGING))?;
         }
-        let staging = self.staging.try_clone().map_err(err("open", STAGING))?;
+        let staging = self.staging.clone();
         Ok((Staging { name, file: Some(file), staging, committed: false, resume: want }, resume_from))
     }
 
@@ -454,7 +455,7 @@ impl Mirror {
                     return Ok(Staging {
                         name,
                         file: Some(f.into_std()),
-                        staging: self.staging.try_clone().map_err(err("open", STAGING))?,
+                        staging: self.staging.clone(),
                         committed: false,
                         resume: None,
                     })
@@ -491,7 +492,19 @@ impl Mirror {
         // leave an empty or partial file under the final name.
         f.sync_data().map_err(err("sync data of", r))?;
         let created = self.ensure_ancestors(r)?;
-        match self.lstat(r)?.map(|e| e.kind) {
+        // The parent opened once for the lstat and the rename: each through the
+        // root would open it again (and fail once more for a new file).
+        let opened = match r.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(p) => Some(self.root.open_dir(p).map_err(err("open directory", p))?),
+            None => None,
+        };
+        let (dir, name) = (opened.as_ref().unwrap_or(&self.root), Path::new(r.file_name().unwrap_or_default()));
+        let here = match dir.symlink_metadata(name) {
+            Ok(m) => Some(entry_of(&m).kind),
+            Err(e) if gone(&e) => None,
+            Err(e) => return Err(err("stat", r)(e)),
+        };
+        match here {
             Some(LocalKind::Dir) => self.discard(r, LocalKind::Dir).map_err(err("replace directory", r))?,
             // The old version is kept by a second name; the rename below
             // replaces it in one step, so readers never find the path missing.
@@ -502,7 +515,7 @@ impl Mirror {
             }
             _ => {}
         }
-        self.staging.rename(&staged.name, &self.root, r).map_err(err("rename into place", r))?;
+        self.staging.rename(&staged.name, dir, name).map_err(err("rename into place", r))?;
         staged.committed = true;
         if let Some(c) = created {
             // New directories: the chain below the first one created is flushed

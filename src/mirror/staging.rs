@@ -42,7 +42,7 @@ pub(super) fn clean_staging(staging: &Dir) -> io::Result<()> {
 pub struct Staging {
     pub(super) name: String,
     pub(super) file: Option<std::fs::File>,
-    pub(super) staging: Dir,
+    pub(super) staging: std::sync::Arc<Dir>,
     pub(super) committed: bool,
     /// For a resumable download: its sidecar record and what it records.
     pub(super) resume: Option<ResumeRecord>,
