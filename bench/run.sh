@@ -4,7 +4,8 @@
 #
 #   bash bench/run.sh                    # full run, writes bench/RESULTS.md
 #   BENCH_SCALE=smoke bash bench/run.sh  # tiny data, one run (CI), writes to the work dir
-#   BENCH_LARGE=100000 bash bench/run.sh # adds a no-op pass over a tree of that many files
+#   BENCH_LARGE=100000 bash bench/run.sh # adds a fresh and a no-op pass over a tree of that many files
+#                                        # (1-100 B, 100 per folder; BENCH_LARGE_RUNS runs each, default 1)
 #   BENCH_ONLY="big capped-64 capped-big" bash bench/run.sh  # only these transfer scenarios
 #
 # Needs root on a fresh Debian to install the peers (apt-get). Loopback only.
@@ -156,7 +157,7 @@ measure() { # scenario tool src kind out
 }
 
 SCENARIOS=(big small-fresh small-noop medium)
-if [ "$LARGE_N" -gt 0 ]; then SCENARIOS+=(large-noop); fi
+if [ "$LARGE_N" -gt 0 ]; then SCENARIOS+=(large-fresh large-noop); fi
 for scen in "${SCENARIOS[@]}"; do
   want "$scen" || continue
   tools=("${TOOLS[@]}")
@@ -166,12 +167,19 @@ for scen in "${SCENARIOS[@]}"; do
     small-noop) src=$W/data/small kind=tree fresh=0 ;;
     medium) src=$W/data/medium kind=tree fresh=1 ;;
     # OpenSSH sftp is no sync tool: it would copy the whole tree again.
+    large-fresh) src=$W/data/large kind=tree fresh=1 tools=(sftp-mirror rclone lftp) ;;
     large-noop) src=$W/data/large kind=tree fresh=0 tools=(sftp-mirror rclone lftp) ;;
   esac
+  runs=$RUNS
+  case $scen in large-*) runs=${BENCH_LARGE_RUNS:-1} ;; esac
   if [ "$fresh" = 0 ]; then
-    for t in "${tools[@]}"; do say "$scen: first copy by $t"; transfer "$t" "$src" "$W/out/$t-$scen" "$kind"; done
+    for t in "${tools[@]}"; do
+      # The large tree's fresh copy is the no-op pass's first copy.
+      if [ "$scen" = large-noop ] && [ -d "$W/out/$t-large-fresh-1" ]; then mv "$W/out/$t-large-fresh-1" "$W/out/$t-$scen"; continue; fi
+      say "$scen: first copy by $t"; transfer "$t" "$src" "$W/out/$t-$scen" "$kind"
+    done
   fi
-  for r in $(seq "$RUNS"); do
+  for r in $(seq "$runs"); do
     for t in "${tools[@]}"; do
       say "$scen run $r: $t"
       out="$W/out/$t-$scen"
@@ -290,8 +298,8 @@ lines = [f"# sftp-mirror benchmark ({scale})", "",
          "- command: `" + (f"BENCH_LARGE={os.environ['BENCH_LARGE']} " if os.environ.get("BENCH_LARGE") else "") + "bash bench/run.sh`" + (" (BENCH_SCALE=smoke)" if scale == "smoke" else ""), "",
          "| scenario | tool | wall s, median (min-max) | CPU s | peak RSS MiB | speed vs best peer |",
          "|---|---|---|---|---|---|"]
-names = {"capped-64": "64 MiB file from rclone serve sftp (32 KiB replies)", "capped-big": "big file from rclone serve sftp (32 KiB replies)", "big": "1 file", "small-fresh": "small files, fresh", "small-noop": "small files, nothing changed", "medium": "1 MiB files, fresh", "large-noop": f"{os.environ.get('BENCH_LARGE', '?')} files, nothing changed"}
-for scen in ["big", "small-fresh", "small-noop", "medium", "large-noop", "capped-64", "capped-big"]:
+names = {"capped-64": "64 MiB file from rclone serve sftp (32 KiB replies)", "capped-big": "big file from rclone serve sftp (32 KiB replies)", "big": "1 file", "small-fresh": "small files, fresh", "small-noop": "small files, nothing changed", "medium": "1 MiB files, fresh", "large-fresh": f"{os.environ.get('BENCH_LARGE', '?')} files of 1-100 B, fresh", "large-noop": f"{os.environ.get('BENCH_LARGE', '?')} files, nothing changed"}
+for scen in ["big", "small-fresh", "small-noop", "medium", "large-fresh", "large-noop", "capped-64", "capped-big"]:
     tools = rows.get(scen, {})
     med = {t: statistics.median(x[0] for x in v) for t, v in tools.items()}
     peers = {t: m for t, m in med.items() if t != "sftp-mirror"}
