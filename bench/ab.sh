@@ -17,32 +17,13 @@ A=$(realpath "$1") B=$(realpath "$2")
 RUNS=${AB_RUNS:-3} N=${AB_N:-10000} ONLY=${AB_ONLY:-"reconcile burst"}
 W=$(mktemp -d /tmp/sftp-mirror-ab.XXXXXX)
 say() { printf '==> %s\n' "$*" >&2; }
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 (cd "$ROOT" && cargo build --release --locked --example loadgen 2>&1 | tail -1 >&2)
 LOADGEN="$ROOT/target/release/examples/loadgen"
 
-PORT=$(free_port)
-ssh-keygen -q -t ed25519 -N '' -f "$W/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$W/client_key"
-cp "$W/client_key.pub" "$W/authorized_keys"
-mkdir -p /run/sshd "$W/mnt"
-cat > "$W/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-Port $PORT
-HostKey $W/host_key
-PidFile $W/sshd.pid
-AuthorizedKeysFile $W/authorized_keys
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-PermitRootLogin yes
-Subsystem sftp internal-sftp
-MaxStartups 100
-MaxSessions 100
-EOF
-/usr/sbin/sshd -f "$W/sshd_config" -E "$W/sshd.log"
+mkdir -p "$W/mnt"
 cleanup() {
   [ -n "${DPID:-}" ] && kill "$DPID" 2>/dev/null
   mountpoint -q "$W/mnt" && umount "$W/mnt"
@@ -50,8 +31,7 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-sleep 0.5
-echo "[127.0.0.1]:$PORT $(cut -d' ' -f1,2 "$W/host_key.pub")" > "$W/known_hosts"
+start_sshd "$W"
 
 say "data: $N files of 1-8 KiB in folders of 100"
 python3 - "$W/data" "$N" <<'EOF'

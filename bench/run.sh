@@ -39,33 +39,12 @@ say "building sftp-mirror (release)"
 BIN="$ROOT/target/release/sftp-mirror"
 LOADGEN="$ROOT/target/release/examples/loadgen"
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+# shellcheck source=bench/lib.sh
+. "$ROOT/bench/lib.sh"
 
 say "private sshd"
-PORT=$(free_port)
-ssh-keygen -q -t ed25519 -N '' -f "$W/host_key"
-ssh-keygen -q -t ed25519 -N '' -f "$W/client_key"
-cp "$W/client_key.pub" "$W/authorized_keys"
-mkdir -p /run/sshd
-cat > "$W/sshd_config" <<EOF
-ListenAddress 127.0.0.1
-Port $PORT
-HostKey $W/host_key
-PidFile $W/sshd.pid
-AuthorizedKeysFile $W/authorized_keys
-StrictModes no
-PasswordAuthentication no
-KbdInteractiveAuthentication no
-UsePAM no
-PermitRootLogin yes
-Subsystem sftp internal-sftp
-MaxStartups 100
-MaxSessions 100
-EOF
-/usr/sbin/sshd -f "$W/sshd_config" -E "$W/sshd.log"
 trap 'kill $(cat "$W/sshd.pid" 2>/dev/null) 2>/dev/null || true; [ -n "${DPID:-}" ] && kill $DPID 2>/dev/null || true; [ -n "${HPID:-}" ] && kill $HPID 2>/dev/null || true' EXIT
-sleep 0.5
-echo "[127.0.0.1]:$PORT $(cut -d' ' -f1,2 "$W/host_key.pub")" > "$W/known_hosts"
+start_sshd "$W"
 SSHOPTS="-i $W/client_key -o UserKnownHostsFile=$W/known_hosts -o StrictHostKeyChecking=yes -o BatchMode=yes"
 
 say "data: ${BIG_MB} MiB file, ${SMALL_N} files of 1-8 KiB, ${MED_N} x 1 MiB (deterministic)"
