@@ -46,31 +46,7 @@ for i in range(n):
 EOF
 
 config() { # mirror listen
-  cat > "$W/cfg.toml" <<EOF
-[sftp]
-host = "127.0.0.1"
-port = $PORT
-username = "root"
-private_key = "$W/client_key"
-known_hosts = "$W/known_hosts"
-remote_root = "$W/data"
-connections = 2
-[mirror]
-path = "$1"
-max_delete_ratio = 1.0
-concurrency = 16
-[webhook]
-listen = "$2"
-secret = "ab secret"
-[admin]
-listen = "off"
-[journal]
-path = "$W/mnt/journal.db"
-[reconcile]
-on_start = false
-interval = "0s"
-EOF
-  echo "$W/cfg.toml"
+  bench_config "$W" "$W/data" "$1" "$2" "$W/mnt/journal.db" "ab secret"
 }
 
 fresh_fs() {

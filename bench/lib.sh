@@ -31,3 +31,33 @@ EOT
   sleep 0.5
   echo "[127.0.0.1]:$PORT $(cut -d' ' -f1,2 "$w/host_key.pub")" > "$w/known_hosts"
 }
+
+# bench_config W REMOTE_ROOT MIRROR LISTEN JOURNAL SECRET: writes the
+# sftp-mirror config every benchmark runs with (to W/cfg.toml) and prints its path.
+bench_config() {
+  cat > "$1/cfg.toml" <<EOT
+[sftp]
+host = "127.0.0.1"
+port = $PORT
+username = "root"
+private_key = "$1/client_key"
+known_hosts = "$1/known_hosts"
+remote_root = "$2"
+connections = 2
+[mirror]
+path = "$3"
+max_delete_ratio = 1.0
+concurrency = 16
+[webhook]
+listen = "$4"
+secret = "$6"
+[admin]
+listen = "off"
+[journal]
+path = "$5"
+[reconcile]
+on_start = false
+interval = "0s"
+EOT
+  echo "$1/cfg.toml"
+}

@@ -74,31 +74,7 @@ for i in range(large_n):
 EOF
 
 config() { # remote_root mirror [listen]
-  cat > "$W/cfg.toml" <<EOF
-[sftp]
-host = "127.0.0.1"
-port = $PORT
-username = "root"
-private_key = "$W/client_key"
-known_hosts = "$W/known_hosts"
-remote_root = "$1"
-connections = 2
-[mirror]
-path = "$2"
-max_delete_ratio = 1.0
-concurrency = 16
-[webhook]
-listen = "${3:-127.0.0.1:0}"
-secret = "bench secret"
-[admin]
-listen = "off"
-[journal]
-path = "$W/journal.db"
-[reconcile]
-on_start = false
-interval = "0s"
-EOF
-  echo "$W/cfg.toml"
+  bench_config "$W" "$1" "$2" "${3:-127.0.0.1:0}" "$W/journal.db" "bench secret"
 }
 
 # tool scenario src out  -> runs one transfer
@@ -131,7 +107,7 @@ TOOLS=(sftp-mirror openssh-sftp rclone lftp)
 # right after deleting 10,000 measures the file system, not the tool.
 measure() { # scenario tool src kind out
   local scen=$1 tool=$2 src=$3 kind=$4 out=$5
-  /usr/bin/time -f "%e %U %S %M" -o "$W/t" bash -c "$(declare -f transfer config); BIN=$BIN W=$W PORT=$PORT SSHOPTS='$SSHOPTS'; transfer $tool $src $out $kind"
+  /usr/bin/time -f "%e %U %S %M" -o "$W/t" bash -c "$(declare -f transfer config bench_config); BIN=$BIN W=$W PORT=$PORT SSHOPTS='$SSHOPTS'; transfer $tool $src $out $kind"
   printf '%s\t%s\t%s\n' "$scen" "$tool" "$(cat "$W/t")" >> "$W/times.tsv"
 }
 
@@ -197,7 +173,7 @@ for scen in capped-64 capped-big; do
     for t in sftp-mirror openssh-sftp; do
       say "$scen run $r: $t"
       out="$W/out/$t-$scen-$r"
-      /usr/bin/time -f "%e %U %S %M" -o "$W/t" bash -c "$(declare -f capped config); BIN=$BIN W=$W PORT=$PORT RPORT=$RPORT SSHOPTS='$SSHOPTS'; capped $t $dir $out"
+      /usr/bin/time -f "%e %U %S %M" -o "$W/t" bash -c "$(declare -f capped config bench_config); BIN=$BIN W=$W PORT=$PORT RPORT=$RPORT SSHOPTS='$SSHOPTS'; capped $t $dir $out"
       printf '%s\t%s\t%s\n' "$scen" "$t" "$(cat "$W/t")" >> "$W/times.tsv"
       cmp -s "$W/data/$dir/big.bin" "$out/big.bin" || say "WARNING: $t's copy of $scen differs from the source"
       rm -rf "$out"
