@@ -164,6 +164,38 @@ async fn a_stalled_reconnect_on_one_slot_holds_up_neither_other_callers_nor_inva
     stuck.abort();
 }
 
+#[tokio::test]
+async fn the_pool_opens_as_many_connections_as_configured_and_no_more() {
+    // Callers took the first live slot, so a second connection was never made:
+    // sftp.connections = 2 ran on one. The other slot now connects in the
+    // background while its callers use the live one.
+    for n in [1u64, 2, 3] {
+        let mut e = Embedded::start().await;
+        e.settings.sftp.connections = n as usize;
+        let s = e.syncer();
+        let first = s.remote.conn().await.unwrap();
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                let mut seen = Vec::new();
+                for _ in 0..2 * n {
+                    let c = s.remote.conn().await.unwrap();
+                    if !seen.iter().any(|x| std::sync::Arc::ptr_eq(x, &c)) {
+                        seen.push(c);
+                    }
+                }
+                if seen.len() as u64 == n {
+                    return seen.len();
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "{n} connection(s) configured, never all in use");
+        assert_eq!(e.server.connections_accepted(), n, "connections made for sftp.connections = {n}");
+        drop(first);
+    }
+}
+
 // Multi-threaded: the embedded server keeps serving while the daemon connects.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_server_that_closes_during_login_is_a_lost_connection_not_bad_credentials() {

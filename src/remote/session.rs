@@ -345,7 +345,8 @@ struct Backoff {
 /// caller that could use another slot ever waits out a reconnect.
 struct Slot {
     conn: Mutex<Option<Arc<Conn>>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// Held while the slot connects (an `Arc`: a background connect owns it).
+    connecting: Arc<tokio::sync::Mutex<()>>,
 }
 
 struct Inner {
@@ -375,7 +376,7 @@ impl Remote {
         Remote {
             inner: Arc::new(Inner {
                 slots: (0..n)
-                    .map(|_| Slot { conn: Mutex::new(None), connecting: tokio::sync::Mutex::new(()) })
+                    .map(|_| Slot { conn: Mutex::new(None), connecting: Arc::new(tokio::sync::Mutex::new(())) })
                     .collect(),
                 settings,
                 next: AtomicUsize::new(0),
@@ -411,6 +412,25 @@ impl Remote {
     pub async fn conn(&self) -> Result<Arc<Conn>, RemoteError> {
         let n = self.inner.slots.len();
         let start = self.inner.next.fetch_add(1, Ordering::Relaxed) % n;
+        if let Some(c) = self.live_at(start) {
+            return Ok(c);
+        }
+        if let Some(c) = self.live(start) {
+            // This slot is down while another is up: the caller goes on with that
+            // one and this slot connects meanwhile, so the pool fills up to
+            // `sftp.connections` (callers took the first live slot, so a second
+            // connection was never made) without anyone waiting for it.
+            if let Ok(connecting) = self.inner.slots[start].connecting.clone().try_lock_owned() {
+                let this = self.clone();
+                tokio::spawn(async move {
+                    let _connecting = connecting;
+                    if this.live_at(start).is_none() && this.backoff_left().is_none() {
+                        let _ = this.connect_slot(start).await;
+                    }
+                });
+            }
+            return Ok(c);
+        }
         loop {
             // Registered before looking, so a slot coming up meanwhile is not missed.
             let came_up = self.inner.came_up.notified();
@@ -426,54 +446,68 @@ impl Remote {
             if let Some(c) = self.live(start) {
                 return Ok(c);
             }
-            {
-                let b = self.inner.backoff.lock().expect("not poisoned");
-                if let Some(until) = b.until.filter(|u| *u > Instant::now()) {
-                    return Err(RemoteError::Backoff {
-                        retry_in_ms: (until - Instant::now()).as_millis() as u64,
-                        last: b.last.clone(),
-                    });
-                }
+            if let Some((retry_in_ms, last)) = self.backoff_left() {
+                return Err(RemoteError::Backoff { retry_in_ms, last });
             }
-            let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
-            return match open_conn(&self.inner.settings, id).await {
-                Ok(c) => {
-                    let c = Arc::new(c);
-                    *slot.conn.lock().expect("not poisoned") = Some(c.clone());
-                    self.inner.connects.fetch_add(1, Ordering::Relaxed);
-                    *self.inner.backoff.lock().expect("not poisoned") = Backoff::default();
-                    *self.inner.down_since.lock().expect("not poisoned") = None;
-                    self.inner.came_up.notify_waiters();
-                    tracing::debug!(conn = id, "SFTP connection established");
-                    Ok(c)
-                }
-                Err(e) => {
-                    let mut b = self.inner.backoff.lock().expect("not poisoned");
-                    b.failures += 1;
-                    let exp = CONNECT_BACKOFF.saturating_mul(1 << b.failures.min(8)).min(MAX_CONNECT_BACKOFF);
-                    b.until = Some(Instant::now() + exp / 2 + exp.mul_f64(fastrand::f64() / 2.0));
-                    b.last = e.to_string();
+            return self.connect_slot(start).await;
+        }
+    }
+
+    /// How long connects still wait after recent failures, and the last error.
+    fn backoff_left(&self) -> Option<(u64, String)> {
+        let b = self.inner.backoff.lock().expect("not poisoned");
+        let until = b.until.filter(|u| *u > Instant::now())?;
+        Some(((until - Instant::now()).as_millis() as u64, b.last.clone()))
+    }
+
+    /// Connects slot `i`; the caller holds its `connecting` lock.
+    async fn connect_slot(&self, i: usize) -> Result<Arc<Conn>, RemoteError> {
+        let id = self.inner.ids.fetch_add(1, Ordering::Relaxed);
+        match open_conn(&self.inner.settings, id).await {
+            Ok(c) => {
+                let c = Arc::new(c);
+                *self.inner.slots[i].conn.lock().expect("not poisoned") = Some(c.clone());
+                self.inner.connects.fetch_add(1, Ordering::Relaxed);
+                *self.inner.backoff.lock().expect("not poisoned") = Backoff::default();
+                *self.inner.down_since.lock().expect("not poisoned") = None;
+                self.inner.came_up.notify_waiters();
+                tracing::debug!(conn = id, "SFTP connection established");
+                Ok(c)
+            }
+            Err(e) => {
+                let mut b = self.inner.backoff.lock().expect("not poisoned");
+                b.failures += 1;
+                let exp = CONNECT_BACKOFF.saturating_mul(1 << b.failures.min(8)).min(MAX_CONNECT_BACKOFF);
+                b.until = Some(Instant::now() + exp / 2 + exp.mul_f64(fastrand::f64() / 2.0));
+                b.last = e.to_string();
+                drop(b);
+                // Unreachable only when no slot is up (a second connection
+                // failing next to a live one is not an outage).
+                if self.live(0).is_none() {
                     self.inner.down_since.lock().expect("not poisoned").get_or_insert_with(Instant::now);
-                    Err(e)
                 }
-            };
+                Err(e)
+            }
+        }
+    }
+
+    /// Slot `i`'s connection, if it is live.
+    fn live_at(&self, i: usize) -> Option<Arc<Conn>> {
+        let mut g = self.inner.slots[i].conn.lock().expect("not poisoned");
+        match g.as_ref() {
+            Some(c) if !c.is_closed() => Some(c.clone()),
+            Some(_) => {
+                *g = None;
+                None
+            }
+            None => None,
         }
     }
 
     /// A live connection, looking at the slots from `start` round-robin.
     fn live(&self, start: usize) -> Option<Arc<Conn>> {
         let n = self.inner.slots.len();
-        (0..n).find_map(|i| {
-            let mut g = self.inner.slots[(start + i) % n].conn.lock().expect("not poisoned");
-            match g.as_ref() {
-                Some(c) if !c.is_closed() => Some(c.clone()),
-                Some(_) => {
-                    *g = None;
-                    None
-                }
-                None => None,
-            }
-        })
+        (0..n).find_map(|i| self.live_at((start + i) % n))
     }
 
     /// How long the server has been unreachable (every connect failing), if it is.
