@@ -75,16 +75,6 @@ impl Staging {
         self.file.as_mut().expect("file present until commit")
     }
 
-    /// Takes the file out to write it asynchronously; give it back with [`Staging::put_back`].
-    pub fn take_file(&mut self) -> std::fs::File {
-        self.file.take().expect("file present until commit")
-    }
-
-    /// Returns the file taken with [`Staging::take_file`].
-    pub fn put_back(&mut self, f: std::fs::File) {
-        self.file = Some(f);
-    }
-
     /// Records that the first `durable` bytes are flushed to disk, so a
     /// download interrupted by a crash resumes there. A no-op for a staging
     /// file that is not resumable; a failed write only costs a longer resume.
