@@ -32,6 +32,25 @@ enum Dest {
     Staged(crate::mirror::Staging),
 }
 
+impl Dest {
+    /// Where a download records how far it is durable: a large staging
+    /// file's resume record; nothing for memory.
+    fn recorder(&self) -> Box<dyn Fn(u64) + Send + Sync> {
+        match self {
+            Dest::Memory(_) => Box::new(|_| {}),
+            Dest::Staged(staged) => Box::new(staged.recorder()),
+        }
+    }
+
+    /// Where the download writes.
+    fn out(&mut self) -> Out<'_> {
+        match self {
+            Dest::Memory(buf) => Out::Memory(buf),
+            Dest::Staged(staged) => Out::File(staged.file()),
+        }
+    }
+}
+
 /// Times a download is restarted because the remote file changed under it, or
 /// the connection dropped, before the apply fails (and is retried later).
 const ATTEMPTS: u32 = 3;
@@ -648,19 +667,14 @@ impl Syncer {
                 }
             }
             let conn = self.remote.conn().await;
-            let got = match (&conn, &mut dest) {
-                (Ok(c), Dest::Memory(buf)) => {
+            let got = match &conn {
+                Ok(c) => {
+                    let recorder = dest.recorder();
                     let ledger =
-                        Ledger { durable: &|_| {}, received: &self.stats.received, bandwidth: &self.bandwidth };
-                    download(c, &rpath, entry.size, Out::Memory(buf), &mut progress, &ledger).await
+                        Ledger { durable: &*recorder, received: &self.stats.received, bandwidth: &self.bandwidth };
+                    download(c, &rpath, entry.size, dest.out(), &mut progress, &ledger).await
                 }
-                (Ok(c), Dest::Staged(staged)) => {
-                    let recorder = staged.recorder();
-                    let ledger =
-                        Ledger { durable: &recorder, received: &self.stats.received, bandwidth: &self.bandwidth };
-                    download(c, &rpath, entry.size, Out::File(staged.file()), &mut progress, &ledger).await
-                }
-                (Err(e), _) => Err(DownloadError::Remote(e.clone())),
+                Err(e) => Err(DownloadError::Remote(e.clone())),
             };
             let conn = conn?;
             match got {

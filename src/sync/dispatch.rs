@@ -168,8 +168,8 @@ pub async fn run(
 /// at shutdown: its rows stay `running` and resume at the next start.)
 async fn finish(journal: &Journal, syncer: &Syncer, done: impl IntoIterator<Item = Done>) -> bool {
     let mut completed = Vec::new();
+    let mut others = Vec::new();
     let mut retried = false;
-    let mut results = Vec::new();
     for d in done {
         match d.result {
             Ok(action) => {
@@ -177,23 +177,26 @@ async fn finish(journal: &Journal, syncer: &Syncer, done: impl IntoIterator<Item
                 tracing::debug!(events = d.seqs.len(), "applied: {action}");
                 completed.push((d.seqs, action.to_string()));
             }
-            Err(e @ ApplyError::Held(_)) => {
-                syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, "event held");
-                results.push(journal.hold(d.seqs, e.to_string()).await);
-            }
             Err(e) => {
                 syncer.stats.failed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                tracing::warn!(error = %e, "apply failed; will retry");
-                results.push(journal.fail(d.seqs, e.to_string()).await);
-                retried = true;
+                if let ApplyError::Held(_) = e {
+                    tracing::warn!(error = %e, "event held");
+                    others.push(futures::FutureExt::boxed(journal.hold(d.seqs, e.to_string())));
+                } else {
+                    tracing::warn!(error = %e, "apply failed; will retry");
+                    others.push(futures::FutureExt::boxed(journal.fail(d.seqs, e.to_string())));
+                    retried = true;
+                }
             }
         }
     }
     if !completed.is_empty() {
-        results.push(journal.complete_all(completed).await);
+        others.push(futures::FutureExt::boxed(journal.complete_all(completed)));
     }
-    for r in results {
+    // Sent together: the journal commits them in one transaction (a burst
+    // failing as a whole while the server is down must not cost a round
+    // trip each, one after the other).
+    for r in futures::future::join_all(others).await {
         if let Err(e) = r {
             // The rows stay `running` and are resumed on the next start.
             tracing::error!("journal: cannot record an apply result: {e}");
